@@ -1,0 +1,9 @@
+"""distilbert: fast, exact inference for DistilBERT-family encoders.
+
+Importing the package loads no model and compiles no kernel; ``load()`` does the work.
+"""
+
+from distilbert.engine import DistilBertConfig, DistilBertModel, Embedder, Tokenizer, load
+
+__version__ = "0.1.0"
+__all__ = ["DistilBertConfig", "DistilBertModel", "Embedder", "Tokenizer", "load", "__version__"]
