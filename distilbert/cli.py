@@ -1,0 +1,187 @@
+"""The ``distilbert`` command line.
+
+Each sub-command is a pair of functions, ``_add_<name>_parser(subparsers)`` that declares its
+arguments and ``_run_<name>(args)`` that runs it and returns an exit status, listed once in
+``COMMANDS``. The work itself lives in :mod:`distilbert.jobs`, :mod:`distilbert.io` and the
+engine; this module parses arguments, shows progress and turns errors into one line on stderr.
+
+Exit status: 0 on success, 2 for bad input or arguments (missing or malformed file, unknown
+column or format, bad model folder), 1 for any other failure, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from tqdm import tqdm
+
+from distilbert import __version__, io, jobs
+from distilbert.engine.embedder import load
+from distilbert.engine.pooling import POOLING_MODES
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+# Errors that mean the user asked for something that cannot be read or run as given.
+BAD_INPUT_ERRORS = (io.InputError, io.OutputPathError, FileNotFoundError, ValueError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every model-running sub-command shares: which model, where, how."""
+    parser.add_argument(
+        "--model", default=None, metavar="PATH",
+        help="checkpoint folder (default: the built-in all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where the model runs (default: auto, CUDA when available)",
+    )
+    parser.add_argument(
+        "--backend", choices=("auto", "torch", "triton"), default="auto",
+        help="how the hot ops run (default: auto, Triton kernels on CUDA)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N",
+        help="texts per forward pass at most (default: 64)",
+    )
+    parser.add_argument(
+        "--max-length", type=_positive_int, default=None, metavar="N",
+        help="tokens per text at most, longer texts are truncated (default: the model's)",
+    )
+
+
+def _add_embed_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="write sentence embeddings of every text in a file",
+        description=(
+            "Embed every text of INPUT (.txt: one text a line; .jsonl, .csv, .parquet: the "
+            "field named by --column) and write the vectors to OUTPUT (.npy: one row per text "
+            "in input order; .parquet and .jsonl: records with an id and an embedding)."
+        ),
+    )
+    parser.add_argument("input", metavar="INPUT", help="a .txt, .jsonl, .csv or .parquet file")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT",
+        help="a .npy, .parquet or .jsonl file, written when the job completes",
+    )
+    parser.add_argument(
+        "--column", default=None,
+        help="field holding the text in .jsonl/.csv/.parquet input (default: text)",
+    )
+    parser.add_argument(
+        "--pooling", choices=POOLING_MODES, default=None,
+        help="how token vectors become one vector (default: the model's, else mean)",
+    )
+    parser.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=None,
+        help="scale embeddings to unit length (default: the model's, else yes)",
+    )
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, default=io.DEFAULT_CHUNK_SIZE, metavar="N",
+        help=f"texts read and length-sorted at a time (default: {io.DEFAULT_CHUNK_SIZE})",
+    )
+    _add_model_arguments(parser)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    # Check both paths before the model loads, so a typo fails at once.
+    reader = io.open_reader(args.input, args.column)
+    io.check_output_path(args.output, io.EMBEDDING_FORMATS, source=reader.path)
+
+    embedder = load(
+        args.model,
+        device=args.device,
+        backend=None if args.backend == "auto" else args.backend,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        max_length=args.max_length,
+    )
+    total = reader.count()
+    # leave=False: the bar clears when done, making way for the summary or the error line.
+    with tqdm(total=total, unit="text", file=sys.stderr, disable=args.quiet,
+              dynamic_ncols=True, leave=False) as bar:
+        summary = jobs.embed_file(
+            reader,
+            args.output,
+            embedder,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            progress=bar.update,
+        )
+    if not args.quiet:
+        print(
+            f"wrote {summary.rows} embeddings of dim {summary.dim} to {summary.output} "
+            f"in {summary.seconds:.1f} s ({summary.texts_per_second:.0f} texts/s)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+# (name, add its parser, run it): new sub-commands are one more line here.
+COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
+    ("embed", _add_embed_parser, _run_embed),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="distilbert",
+        description="Fast, exact inference for DistilBERT-family encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, add_parser, run in COMMANDS:
+        add_parser(subparsers)
+        command_parser = subparsers.choices[name]
+        _add_output_arguments(command_parser)
+        command_parser.set_defaults(run=run)
+    return parser
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much a sub-command tells on stderr; every sub-command gets these."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log what the engine does, and show the traceback of an unexpected error",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="distilbert: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("distilbert: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BAD_INPUT_ERRORS as err:
+        print(f"distilbert: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"distilbert: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
