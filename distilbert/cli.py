@@ -34,7 +34,11 @@ BAD_INPUT_ERRORS = (io.InputError, io.OutputPathError, FileNotFoundError, ValueE
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """argparse type: an integer above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
@@ -65,6 +69,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_embed_parser(subparsers) -> None:
+    """``distilbert embed INPUT -o OUTPUT``: the arguments of the main job."""
     parser = subparsers.add_parser(
         "embed",
         help="write sentence embeddings of every text in a file",
@@ -99,6 +104,7 @@ def _add_embed_parser(subparsers) -> None:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
+    """Embed a whole file with a progress bar; errors propagate to :func:`main`."""
     # Check both paths before the model loads, so a typo fails at once.
     reader = io.open_reader(args.input, args.column)
     io.check_output_path(args.output, io.EMBEDDING_FORMATS, source=reader.path)

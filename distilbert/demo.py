@@ -38,8 +38,8 @@ HEADING_UNDERLINE = set("*=-~^")
 
 def prose_paragraphs(topic: str) -> Iterator[str]:
     """Paragraphs of one help topic joined into single lines, without code or grammar."""
-    for block in re.split(r"\n\s*\n", topic):
-        block = textwrap.dedent(block).strip("\n")
+    for raw_block in re.split(r"\n\s*\n", topic):
+        block = textwrap.dedent(raw_block).strip("\n")
         if not block or "::=" in block or ">>>" in block:
             continue
         lines = block.split("\n")
@@ -75,8 +75,8 @@ def corpus_sentences(limit: int = CORPUS_LIMIT) -> list[str]:
     sentences: list[str] = []
     for name in sorted(topics):
         for paragraph in prose_paragraphs(topics[name]):
-            for sentence in SENTENCE_BREAK.split(paragraph):
-                sentence = sentence.strip()
+            for piece in SENTENCE_BREAK.split(paragraph):
+                sentence = piece.strip()
                 if sentence in seen or not is_sentence(sentence):
                     continue
                 seen.add(sentence)
@@ -111,7 +111,7 @@ def nearest_neighbours(
     query_unit = query_vectors / np.linalg.norm(query_vectors, axis=1, keepdims=True)
     scores = query_unit @ corpus_unit.T
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[(int(i), float(row[i])) for i in top] for row, top in zip(scores, best)]
+    return [[(int(i), float(row[i])) for i in top] for row, top in zip(scores, best, strict=True)]
 
 
 def main() -> int:
@@ -132,7 +132,7 @@ def main() -> int:
     )
 
     query_vectors = distilbert.load().embed(list(QUERIES))
-    for query, neighbours in zip(QUERIES, nearest_neighbours(vectors, query_vectors)):
+    for query, neighbours in zip(QUERIES, nearest_neighbours(vectors, query_vectors), strict=True):
         print(f"\nnearest to: {query}")
         for index, score in neighbours:
             print(f"  {score:.3f}  {sentences[index]}")

@@ -123,12 +123,13 @@ class TextReader(ABC):
 
 def _binary_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw line without its ``\\n`` or ``\\r\\n``) for each line."""
-    for number, raw in enumerate(handle, start=1):
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        yield number, raw
+    for number, line in enumerate(handle, start=1):
+        end = len(line)
+        if line.endswith(b"\n"):
+            end -= 1
+            if line.endswith(b"\r\n"):
+                end -= 1
+        yield number, line[:end]
 
 
 def _decode_line(raw: bytes, number: int, path: Path) -> str:
@@ -499,8 +500,10 @@ class RecordWriter(AtomicOutput):
 
     def _write_jsonl(self, columns: Mapping[str, Any]) -> None:
         names = list(columns)
-        rows = zip(*(_to_python(values) for values in columns.values()))
-        lines = (json.dumps(dict(zip(names, row)), ensure_ascii=False) for row in rows)
+        rows = zip(*(_to_python(values) for values in columns.values()), strict=True)
+        lines = (
+            json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) for row in rows
+        )
         self._handle.write("\n".join(lines) + "\n")
 
     def _write_parquet(self, columns: Mapping[str, Any]) -> None:

@@ -36,7 +36,7 @@ class EmbedSummary:
 
 
 def embed_file(
-    input: str | Path | io.TextReader,
+    source: str | Path | io.TextReader,
     output: str | Path,
     embedder: Embedder,
     column: str | None = None,
@@ -44,14 +44,14 @@ def embed_file(
     chunk_size: int = io.DEFAULT_CHUNK_SIZE,
     progress: Callable[[int], None] | None = None,
 ) -> EmbedSummary:
-    """Embed every text of ``input`` and write the vectors to ``output``.
+    """Embed every text of ``source`` and write the vectors to ``output``.
 
-    ``input`` is a path (its reader is chosen by extension, ``column`` names the text field)
+    ``source`` is a path (its reader is chosen by extension, ``column`` names the text field)
     or an open :class:`~distilbert.io.TextReader`. Pooling, normalisation and max length are
     the embedder's own settings. ``progress(n)`` is called after each batch of ``n`` texts.
     The output format follows ``output``'s extension (``.npy``, ``.parquet``, ``.jsonl``).
     """
-    reader = input if isinstance(input, io.TextReader) else io.open_reader(input, column)
+    reader = source if isinstance(source, io.TextReader) else io.open_reader(source, column)
     output = io.check_output_path(output, io.EMBEDDING_FORMATS, source=reader.path)
 
     start = time.perf_counter()

@@ -49,7 +49,7 @@ def reference() -> distilbert.Embedder:
     return distilbert.load()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cached_load(monkeypatch):
     """Make the CLI's ``load`` remember models by their options (the real loader runs once)."""
     real_load = cli.load
@@ -107,7 +107,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".parquet"])
-def test_embed_each_input_format(tmp_path, reference, cached_load, suffix):
+def test_embed_each_input_format(tmp_path, reference, suffix):
     source = write_input(tmp_path, suffix, TEXTS)
     output = tmp_path / "out.npy"
 
@@ -121,7 +121,7 @@ def test_embed_each_input_format(tmp_path, reference, cached_load, suffix):
 
 # .npy output is covered by every input format above.
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
-def test_embed_each_output_format(tmp_path, reference, cached_load, suffix):
+def test_embed_each_output_format(tmp_path, reference, suffix):
     source = write_input(tmp_path, ".jsonl", TEXTS, column="body")
     output = tmp_path / f"out{suffix}"
 
@@ -132,7 +132,7 @@ def test_embed_each_output_format(tmp_path, reference, cached_load, suffix):
     np.testing.assert_allclose(vectors, reference.embed(TEXTS), rtol=0, atol=ATOL)
 
 
-def test_embed_options_reach_the_engine(tmp_path, reference, cached_load):
+def test_embed_options_reach_the_engine(tmp_path, reference):
     source = write_input(tmp_path, ".txt", TEXTS)
     output = tmp_path / "out.parquet"
 
@@ -147,7 +147,7 @@ def test_embed_options_reach_the_engine(tmp_path, reference, cached_load):
     assert not np.allclose(expected, reference.embed(TEXTS), atol=1e-2)
 
 
-def test_empty_line_is_the_embedding_of_cls_sep(tmp_path, reference, cached_load):
+def test_empty_line_is_the_embedding_of_cls_sep(tmp_path, reference):
     source = tmp_path / "input.txt"
     source.write_text("first\n\nthird\n", encoding="utf-8")
     output = tmp_path / "out.npy"
@@ -165,7 +165,7 @@ def test_empty_line_is_the_embedding_of_cls_sep(tmp_path, reference, cached_load
     np.testing.assert_allclose(vectors[1], expected, rtol=0, atol=ATOL)
 
 
-def test_progress_bar_and_summary_go_to_stderr(tmp_path, cached_load, capsys):
+def test_progress_bar_and_summary_go_to_stderr(tmp_path, capsys):
     source = write_input(tmp_path, ".txt", TEXTS[:3])
     output = tmp_path / "out.npy"
 
@@ -228,7 +228,7 @@ def bad_input_cases(folder: Path) -> dict[str, tuple[list[str], str]]:
     ["missing file", "unknown column", "non-utf8 line", "unknown input extension",
      "unknown output extension", "missing output folder", "output over input", "missing model"],
 )
-def test_bad_input_is_one_clear_line_and_status_2(tmp_path, cached_load, capsys, case):
+def test_bad_input_is_one_clear_line_and_status_2(tmp_path, capsys, case):
     arguments, message = bad_input_cases(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.rglob("*"))
 
@@ -236,12 +236,13 @@ def test_bad_input_is_one_clear_line_and_status_2(tmp_path, cached_load, capsys,
 
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 2
-    assert len(error) == 1 and error[0].startswith("distilbert: error: ")
+    assert len(error) == 1
+    assert error[0].startswith("distilbert: error: ")
     assert message in error[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def test_bad_line_mid_file_leaves_no_output(tmp_path, cached_load, capsys):
+def test_bad_line_mid_file_leaves_no_output(tmp_path, capsys):
     source = tmp_path / "input.txt"
     lines = [f"sentence number {i}".encode() for i in range(10)]
     lines[8] = b"\xff\xfe broken"
@@ -281,3 +282,14 @@ def test_crash_mid_job_leaves_no_output(tmp_path, reference, monkeypatch, capsys
     assert "RuntimeError: simulated failure" in capsys.readouterr().err
     assert not output.exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--max-length", "abc"]])
+def test_bad_option_value_is_a_usage_error(tmp_path, capsys, option):
+    source = write_input(tmp_path, ".txt", ["a"])
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["embed", str(source), "-o", str(tmp_path / "out.npy"), *option])
+
+    assert stopped.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
