@@ -197,3 +197,63 @@ def finish_model(model: nn.Module, dtype=None, device=None):
     if device is not None:
         model = model.to(device=device)
     return model.eval()
+
+
+def load_head_weights(
+    model: nn.Module,
+    head: dict[str, torch.Tensor],
+    tied: dict[str, str] | None = None,
+    fresh_head: bool = False,
+) -> None:
+    """Copy task-head weights (every parameter outside ``model.distilbert``) into ``model``.
+
+    A weight named in ``tied`` (head name -> encoder name) that the checkpoint leaves out
+    becomes the encoder's parameter itself. Any other weight that is missing, or shaped
+    unlike the model's, is an error listing them, unless ``fresh_head`` is set: then those
+    weights are initialised as Hugging Face initialises a new head.
+    """
+    expected = {
+        name: param for name, param in model.named_parameters(remove_duplicate=False)
+        if not name.startswith("distilbert.")
+    }
+    for name, target in (tied or {}).items():
+        if name in expected and name not in head:
+            module_name, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(module_name), attribute, model.get_parameter(target))
+            del expected[name]
+            logger.debug("tied %s to %s", name, target)
+
+    missing = sorted(set(expected) - set(head))
+    wrong = sorted(k for k in expected if k in head and head[k].shape != expected[k].shape)
+    unexpected = sorted(set(head) - set(expected))
+    if unexpected:
+        logger.warning("ignoring %d checkpoint key(s) the %s head does not use: %s",
+                       len(unexpected), type(model).__name__, ", ".join(unexpected[:20]))
+    if (missing or wrong) and not fresh_head:
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} {type(model).__name__} head weight(s): "
+                f"{', '.join(missing)}; pass fresh_head=True to start a new head"
+            )
+        check_shapes({k: expected[k] for k in wrong}, head)
+
+    std = float(getattr(model.config, "extra", {}).get("initializer_range", 0.02))
+    with torch.no_grad():
+        for name, param in expected.items():
+            if name in missing or name in wrong:
+                _init_fresh(name, param, std)
+            else:
+                param.copy_(head[name])
+    if missing or wrong:
+        logger.warning("initialised a fresh head for %s: %s", type(model).__name__,
+                       ", ".join(missing + wrong))
+
+
+def _init_fresh(name: str, param: torch.Tensor, std: float) -> None:
+    # Linear weights normal(0, initializer_range); LayerNorm weights one; biases zero.
+    if name.endswith("bias"):
+        param.zero_()
+    elif param.dim() == 1:
+        param.fill_(1.0)
+    else:
+        param.normal_(0.0, std)
