@@ -68,6 +68,8 @@ def _shards_from_index(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{index} is not a valid shard index (needs 'weight_map'): {err}")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index} is not a valid shard index: 'weight_map' must be an object")
     shards = sorted(set(weight_map.values()))
     files = [index.parent / shard for shard in shards]
     missing = [str(f) for f in files if not f.is_file()]
@@ -79,9 +81,13 @@ def _shards_from_index(index: Path) -> list[Path]:
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
     """Read one weight file: safetensors, or a PyTorch pickle with ``weights_only=True``."""
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(file), device="cpu")
+        try:
+            return load_file(str(file), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(f"cannot read {file}: {err}") from err
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -89,6 +95,8 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
             f"refused to load {file}: it holds pickled objects other than tensors "
             f"(weights_only=True rejects code in checkpoints): {err}"
         ) from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"cannot read {file}: {err}") from err
     if not isinstance(state, dict):
         raise ValueError(f"{file} does not hold a state dict (got {type(state).__name__})")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -150,6 +158,10 @@ def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names = [f"{root}{part}.{kind}" for part in ("q_lin", "k_lin", "v_lin")]
         if not all(name in state for name in names):
             continue  # reported as missing by the caller
+        shapes = [tuple(state[name].shape) for name in names]
+        if len(set(shapes)) > 1:
+            raise ValueError("q_lin, k_lin and v_lin differ in shape: " + ", ".join(
+                f"{name}: {shape}" for name, shape in zip(names, shapes)))
         out[f"{root}qkv.{kind}"] = torch.cat([state[name] for name in names], dim=0)
         for name in names:
             del out[name]
@@ -166,6 +178,13 @@ def load_base_weights(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
             model.config.max_position_embeddings, model.config.dim
         )
     missing = sorted(set(expected) - set(base))
+    # Name a missing fused projection by the q_lin / k_lin / v_lin keys a checkpoint holds.
+    missing = [
+        name for key in missing for name in (
+            [key.replace(".qkv.", f".{part}.") for part in ("q_lin", "k_lin", "v_lin")]
+            if ".attention.qkv." in key else [key])
+        if name not in base
+    ]
     if missing:
         raise KeyError(
             f"checkpoint lacks {len(missing)} encoder weight(s): {', '.join(missing[:20])}"

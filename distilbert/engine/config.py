@@ -113,6 +113,8 @@ class DistilBertConfig:
                 raw = json.load(handle)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{file} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{file} must hold a JSON object, got {type(raw).__name__}")
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:

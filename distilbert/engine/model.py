@@ -222,7 +222,10 @@ class DistilBertModel(nn.Module):
         config = DistilBertConfig.from_pretrained(path)
         model = cls(config, backend=backend)
         state = checkpoint.read_checkpoint(path)
-        base, _ = checkpoint.split_base_and_head(state)
+        base, head = checkpoint.split_base_and_head(state)
+        if head:
+            logger.info("the encoder alone ignores %d head weight(s): %s", len(head),
+                        ", ".join(sorted(head)[:20]))
         checkpoint.load_base_weights(model, base)
         return checkpoint.finish_model(model, dtype, device)
 

@@ -11,14 +11,18 @@ POOLING_MODES = ("cls", "mean", "max")
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """(batch, seq, dim) hidden states to (batch, dim) sentence vectors.
 
-    ``mean`` and ``max`` look at real tokens only (mask non-zero); a row with no real token
-    pools to zeros rather than NaN or -inf.
+    All modes look at real tokens only (mask non-zero): ``cls`` takes the first real token,
+    wherever padding puts it; a row with no real token pools to zeros rather than NaN or -inf.
     """
     if mode == "cls":
-        return hidden[:, 0]
+        first = (attention_mask != 0).int().argmax(dim=1)
+        index = first[:, None, None].expand(-1, 1, hidden.shape[-1])
+        empty = (attention_mask != 0).sum(dim=1) == 0
+        return hidden.gather(1, index).squeeze(1).masked_fill(empty[:, None], 0.0)
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
     if mode == "mean":
-        counts = mask.sum(dim=1).clamp(min=1e-9)
+        # Counts are whole numbers; clamping at 1 keeps an empty row 0 / 1 in any dtype.
+        counts = mask.sum(dim=1).clamp(min=1)
         return (hidden * mask).sum(dim=1) / counts
     if mode == "max":
         filled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min)

@@ -143,30 +143,55 @@ class Tokenizer:
         return self._pad(rows, origin, padding, max_length, pad_to_multiple_of)
 
     def _check_fits(self, texts, pairs, strategy, max_length, stride, add_special_tokens):
+        """Refuse, naming the input, what the Rust library would fail or panic on.
+
+        The library truncates only inputs that are too long; a truncated sequence must keep
+        at least one token (``only_first`` / ``only_second``) and more than ``stride``.
+        """
         specials = self.num_special_tokens(pairs is not None) if add_special_tokens else 0
         room = max_length - specials
         if room <= 0:
             raise ValueError(
                 f"max_length {max_length} leaves no room for text after {specials} special tokens"
             )
-        if pairs is None or strategy == "longest_first":
-            if stride >= room:
-                raise ValueError(
-                    f"stride {stride} must be smaller than max_length minus special tokens "
-                    f"({room})"
-                )
+        if pairs is None:
+            if stride < room:
+                return
+            for index, length in enumerate(self._token_counts(texts)):
+                if length > room:
+                    raise ValueError(
+                        f"stride {stride} must be smaller than max_length minus special tokens "
+                        f"({room}) to truncate input {index} ({length} tokens)"
+                    )
             return
-        fixed = pairs if strategy == "only_first" else texts
-        lengths = [len(e.ids) for e in self._backend.encode_batch(fixed, add_special_tokens=False)]
-        longest = max(lengths, default=0)
-        if room - longest <= stride:
-            which = "second" if strategy == "only_first" else "first"
-            position = lengths.index(longest)
-            raise ValueError(
-                f"truncation {strategy!r} cannot fit input {position}: its {which} sequence has "
-                f"{longest} tokens, leaving {room - longest} of max_length {max_length} for the "
-                f"truncated sequence, which must exceed stride {stride}"
-            )
+        if strategy == "longest_first" and stride == 0:
+            return  # the library never fails here
+
+        counts = zip(self._token_counts(texts), self._token_counts(pairs))
+        for index, (first, second) in enumerate(counts):
+            if first + second <= room:
+                continue
+            kept = _kept_lengths(first, second, room, strategy)
+            for which, length, keep in zip(("first", "second"), (first, second), kept):
+                if keep >= length:
+                    continue
+                if keep <= 0 and strategy != "longest_first":
+                    other = second if which == "first" else first
+                    raise ValueError(
+                        f"truncation {strategy!r} cannot fit input {index}: its other sequence "
+                        f"has {other} tokens, leaving no room in max_length {max_length} for "
+                        f"its {which} sequence"
+                    )
+                if 0 < keep <= stride:
+                    raise ValueError(
+                        f"stride {stride} must be smaller than the {keep} tokens that truncation "
+                        f"{strategy!r} keeps of input {index}'s {which} sequence "
+                        f"(max_length {max_length})"
+                    )
+
+    def _token_counts(self, texts: Sequence[str]) -> list[int]:
+        encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        return [len(encoding.ids) for encoding in encodings]
 
     def _pad(self, rows, origin, padding, max_length, pad_to_multiple_of) -> Encoded:
         lengths = [len(r.ids) for r in rows]
@@ -264,6 +289,21 @@ def wordpiece_from_vocab(vocab: Path, settings: dict) -> RustTokenizer:
     )
     backend.decoder = decoders.WordPiece(prefix="##")
     return backend
+
+
+def _kept_lengths(first: int, second: int, room: int, strategy: str) -> tuple[int, int]:
+    """Tokens of each sequence the library keeps when a pair of this size exceeds ``room``."""
+    if strategy == "only_first":
+        return room - second, second
+    if strategy == "only_second":
+        return first, room - first
+    # longest_first: the longer sequence gives way first; if both must, each keeps half.
+    shorter = min(first, second)
+    keep_shorter = shorter
+    keep_longer = shorter if shorter > room else max(shorter, room - shorter)
+    if keep_shorter + keep_longer > room:
+        keep_shorter, keep_longer = room // 2, room // 2 + room % 2
+    return (keep_longer, keep_shorter) if first > second else (keep_shorter, keep_longer)
 
 
 def _as_lists(texts, pairs):
