@@ -8,6 +8,27 @@ Output layout: (batch, seq, dim), heads side by side, ready for the output proje
 left-padded or scattered). Padding keys get the dtype's most negative finite score, so a
 query row with no real key averages all values uniformly and stays finite, as Hugging Face's
 eager attention does.
+
+Three layers, as in every kernel module here: the Triton kernels (``_attention_*_kernel``),
+host launchers that check inputs and pick block sizes (``attention_fwd``,
+``attention_bwd``), and the PyTorch references (``attention_ref``, ``attention_torch``).
+``attention_triton`` ties the launchers together behind ``torch.autograd.Function``.
+
+Numerics of the Triton path: Q, K, V are loaded in their storage dtype, scores, softmax
+statistics and accumulators are fp32 (fp32 inputs multiply in full IEEE precision, not
+TF32), the output is cast once on store. The softmax runs in base 2 (scale folded with
+log2(e)); the forward saves one fp32 log-sum-exp per (batch, head, query) for backward,
+only when a gradient is needed. Backward recomputes the probabilities block by block: one
+kernel for dQ (which also forms rowsum(dO * O)), one for dK and dV; no atomics.
+
+Rows of a batch element whose mask has no real key at all: the kernels give every key of
+that element weight 1 / seq, the uniform average the references produce. In that case the
+output does not depend on Q or K, so dQ and dK are exactly 0 there; the references'
+autograd instead differentiates through the saturated mask bias and reports a non-zero dQ
+and dK for those rows (dV agrees).
+
+Limits: head dims 32, 64 and 128 only; self-attention only (one sequence length); no
+dropout, no causal mask.
 """
 
 from __future__ import annotations
@@ -16,6 +37,552 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from distilbert.kernels._triton import (
+    HAS_TRITON,
+    check_float,
+    check_launchable,
+    next_power_of_2,
+    tl,
+    triton,
+)
+
+HEAD_DIMS = (32, 64, 128)
+LOG2_E = 1.4426950408889634
+
+# ---------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _batch_has_real_key(
+        mask_ptr,  # (batch, seq) key mask, non-zero for real keys
+        batch,
+        stride_mask_b,
+        stride_mask_s,
+        seq,
+        BLOCK_N: tl.constexpr,
+    ):
+        """True when the mask row of ``batch`` has at least one real key."""
+        offs_n = tl.arange(0, BLOCK_N)
+        counts = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for start in range(0, seq, BLOCK_N):
+            keys = start + offs_n
+            flags = tl.load(
+                mask_ptr + batch * stride_mask_b + keys * stride_mask_s,
+                mask=keys < seq,
+                other=0,
+            )
+            counts += (flags != 0).to(tl.int32)
+        return tl.sum(counts, axis=0) > 0
+
+    @triton.jit
+    def _key_is_real(
+        mask_ptr,  # (batch, seq) key mask, non-zero for real keys
+        batch,
+        keys,  # (BLOCK_N,) key positions
+        stride_mask_b,
+        stride_mask_s,
+        seq,
+        has_real_key,
+        HAS_MASK: tl.constexpr,
+    ):
+        """Which of ``keys`` take part: inside the sequence, and real unless none is."""
+        inside = keys < seq
+        if HAS_MASK:
+            flags = tl.load(
+                mask_ptr + batch * stride_mask_b + keys * stride_mask_s, mask=inside, other=0
+            )
+            # (a | b) spelled as a sum: the interpreter turns bool | scalar-bool into int32.
+            votes = (flags != 0).to(tl.int32) + (has_real_key == 0).to(tl.int32)
+            inside = inside & (votes > 0)
+        return inside
+
+    @triton.jit
+    def _attention_fwd_kernel(
+        qkv_ptr,  # (batch, seq, 3 * dim) fused projection, [q | k | v], heads in each part
+        mask_ptr,  # (batch, seq) key mask, non-zero for real keys; read only if HAS_MASK
+        out_ptr,  # (batch, seq, dim) output, heads side by side, last axis contiguous
+        lse_ptr,  # (batch, heads, seq) fp32 log2-sum-exp2 of scaled scores; if STORE_LSE
+        stride_qkv_b,
+        stride_qkv_s,
+        stride_qkv_d,
+        stride_mask_b,
+        stride_mask_s,
+        stride_out_b,
+        stride_out_s,
+        stride_lse_b,
+        stride_lse_h,
+        seq,
+        n_heads,
+        dim,
+        scale_log2,  # softmax scale * log2(e)
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        STORE_LSE: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        """One block of BLOCK_M queries of one (batch, head), online softmax over keys."""
+        batch_head = tl.program_id(0).to(tl.int64)
+        block_m = tl.program_id(1).to(tl.int64)
+        batch = batch_head // n_heads
+        head = batch_head % n_heads
+
+        offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        head_cols = head * HEAD_DIM + tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < seq
+        qkv_batch = qkv_ptr + batch * stride_qkv_b
+
+        q = tl.load(
+            qkv_batch + offs_m[:, None] * stride_qkv_s + head_cols[None, :] * stride_qkv_d,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+
+        # A batch element without any real key attends uniformly to all of its keys:
+        # every score becomes 0 (scale 0) and no key is masked.
+        has_real_key = True
+        if HAS_MASK:
+            has_real_key = _batch_has_real_key(
+                mask_ptr, batch, stride_mask_b, stride_mask_s, seq, BLOCK_N
+            )
+            scale_log2 = tl.where(has_real_key, scale_log2, 0.0)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        for start in range(0, seq, BLOCK_N):
+            keys = start + offs_n
+            key_ok = _key_is_real(
+                mask_ptr, batch, keys, stride_mask_b, stride_mask_s, seq, has_real_key,
+                HAS_MASK,
+            )
+            key_rows = qkv_batch + keys[None, :] * stride_qkv_s
+            k_t = tl.load(
+                key_rows + (dim + head_cols[:, None]) * stride_qkv_d,
+                mask=key_ok[None, :],
+                other=0.0,
+            )
+            v = tl.load(
+                qkv_batch + keys[:, None] * stride_qkv_s
+                + (2 * dim + head_cols[None, :]) * stride_qkv_d,
+                mask=key_ok[:, None],
+                other=0.0,
+            )
+
+            scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * scale_log2
+            scores = tl.where(key_ok[None, :], scores, float("-inf"))
+
+            # Rows that have seen only masked keys so far keep a -inf maximum; shift them
+            # by 0 instead so that exp2 gives 0 rather than NaN.
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(scores - m_shift[:, None])
+            alpha = tl.exp2(m_i - m_shift)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(
+                p.to(v.dtype), v, input_precision=DOT_PRECISION
+            )
+            m_i = m_new
+
+        # Every row has at least one key with a finite score, so l_i > 0 here.
+        out = acc / l_i[:, None]
+        tl.store(
+            out_ptr + batch * stride_out_b + offs_m[:, None] * stride_out_s + head_cols[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+        if STORE_LSE:
+            tl.store(
+                lse_ptr + batch * stride_lse_b + head * stride_lse_h + offs_m,
+                m_i + tl.log2(l_i),
+                mask=row_ok,
+            )
+
+    @triton.jit
+    def _attention_bwd_dq_kernel(
+        qkv_ptr,  # (batch, seq, 3 * dim) fused projection saved by the forward
+        mask_ptr,  # (batch, seq) key mask; read only if HAS_MASK
+        out_ptr,  # (batch, seq, dim) forward output, last axis contiguous
+        dout_ptr,  # (batch, seq, dim) gradient of the output, any strides
+        lse_ptr,  # (batch, heads, seq) fp32 log-sum-exp saved by the forward
+        delta_ptr,  # (batch, heads, seq) fp32, written here: rowsum(dO * O)
+        dqkv_ptr,  # (batch, seq, 3 * dim) gradient of qkv; this kernel fills the q part
+        stride_qkv_b,
+        stride_qkv_s,
+        stride_qkv_d,
+        stride_mask_b,
+        stride_mask_s,
+        stride_out_b,
+        stride_out_s,
+        stride_dout_b,
+        stride_dout_s,
+        stride_dout_d,
+        stride_lse_b,
+        stride_lse_h,
+        stride_dqkv_b,
+        stride_dqkv_s,
+        seq,
+        n_heads,
+        dim,
+        scale,
+        scale_log2,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        """dQ for one block of queries of one (batch, head), looping over key blocks."""
+        batch_head = tl.program_id(0).to(tl.int64)
+        block_m = tl.program_id(1).to(tl.int64)
+        batch = batch_head // n_heads
+        head = batch_head % n_heads
+
+        offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        head_cols = head * HEAD_DIM + tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < seq
+        qkv_batch = qkv_ptr + batch * stride_qkv_b
+
+        q = tl.load(
+            qkv_batch + offs_m[:, None] * stride_qkv_s + head_cols[None, :] * stride_qkv_d,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        dout = tl.load(
+            dout_ptr + batch * stride_dout_b + offs_m[:, None] * stride_dout_s
+            + head_cols[None, :] * stride_dout_d,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        out = tl.load(
+            out_ptr + batch * stride_out_b + offs_m[:, None] * stride_out_s + head_cols[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        stats = batch * stride_lse_b + head * stride_lse_h + offs_m
+        delta = tl.sum(dout.to(tl.float32) * out.to(tl.float32), axis=1)
+        tl.store(delta_ptr + stats, delta, mask=row_ok)
+        lse = tl.load(lse_ptr + stats, mask=row_ok, other=0.0)
+
+        has_real_key = True
+        if HAS_MASK:
+            has_real_key = _batch_has_real_key(
+                mask_ptr, batch, stride_mask_b, stride_mask_s, seq, BLOCK_N
+            )
+            scale_log2 = tl.where(has_real_key, scale_log2, 0.0)
+            scale = tl.where(has_real_key, scale, 0.0)
+
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        for start in range(0, seq, BLOCK_N):
+            keys = start + offs_n
+            key_ok = _key_is_real(
+                mask_ptr, batch, keys, stride_mask_b, stride_mask_s, seq, has_real_key,
+                HAS_MASK,
+            )
+            key_rows = qkv_batch + keys[:, None] * stride_qkv_s
+            k = tl.load(
+                key_rows + (dim + head_cols[None, :]) * stride_qkv_d,
+                mask=key_ok[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                key_rows + (2 * dim + head_cols[None, :]) * stride_qkv_d,
+                mask=key_ok[:, None],
+                other=0.0,
+            )
+
+            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+            p = tl.exp2(scores - lse[:, None])
+            p = tl.where(key_ok[None, :] & row_ok[:, None], p, 0.0)
+            dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+        dq = dq * scale
+        tl.store(
+            dqkv_ptr + batch * stride_dqkv_b + offs_m[:, None] * stride_dqkv_s
+            + head_cols[None, :],
+            dq.to(dqkv_ptr.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+    @triton.jit
+    def _attention_bwd_kernel(
+        qkv_ptr,  # (batch, seq, 3 * dim) fused projection saved by the forward
+        mask_ptr,  # (batch, seq) key mask; read only if HAS_MASK
+        dout_ptr,  # (batch, seq, dim) gradient of the output, any strides
+        lse_ptr,  # (batch, heads, seq) fp32 log-sum-exp saved by the forward
+        delta_ptr,  # (batch, heads, seq) fp32 rowsum(dO * O) from the dQ kernel
+        dqkv_ptr,  # (batch, seq, 3 * dim) gradient of qkv; this kernel fills k and v parts
+        stride_qkv_b,
+        stride_qkv_s,
+        stride_qkv_d,
+        stride_mask_b,
+        stride_mask_s,
+        stride_dout_b,
+        stride_dout_s,
+        stride_dout_d,
+        stride_lse_b,
+        stride_lse_h,
+        stride_dqkv_b,
+        stride_dqkv_s,
+        seq,
+        n_heads,
+        dim,
+        scale,
+        scale_log2,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        """dK and dV for one block of keys of one (batch, head), looping over queries."""
+        batch_head = tl.program_id(0).to(tl.int64)
+        block_n = tl.program_id(1).to(tl.int64)
+        batch = batch_head // n_heads
+        head = batch_head % n_heads
+
+        keys = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        head_cols = head * HEAD_DIM + tl.arange(0, HEAD_DIM)
+        qkv_batch = qkv_ptr + batch * stride_qkv_b
+
+        has_real_key = True
+        if HAS_MASK:
+            has_real_key = _batch_has_real_key(
+                mask_ptr, batch, stride_mask_b, stride_mask_s, seq, BLOCK_N
+            )
+            scale_log2 = tl.where(has_real_key, scale_log2, 0.0)
+            scale = tl.where(has_real_key, scale, 0.0)
+        key_ok = _key_is_real(
+            mask_ptr, batch, keys, stride_mask_b, stride_mask_s, seq, has_real_key, HAS_MASK
+        )
+        key_in_seq = keys < seq
+
+        key_rows = qkv_batch + keys[:, None] * stride_qkv_s
+        k = tl.load(
+            key_rows + (dim + head_cols[None, :]) * stride_qkv_d,
+            mask=key_ok[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            key_rows + (2 * dim + head_cols[None, :]) * stride_qkv_d,
+            mask=key_ok[:, None],
+            other=0.0,
+        )
+
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        stats_base = batch * stride_lse_b + head * stride_lse_h
+        for start in range(0, seq, BLOCK_M):
+            rows = start + offs_m
+            row_ok = rows < seq
+            q = tl.load(
+                qkv_batch + rows[:, None] * stride_qkv_s + head_cols[None, :] * stride_qkv_d,
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            dout = tl.load(
+                dout_ptr + batch * stride_dout_b + rows[:, None] * stride_dout_s
+                + head_cols[None, :] * stride_dout_d,
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            lse = tl.load(lse_ptr + stats_base + rows, mask=row_ok, other=0.0)
+            delta = tl.load(delta_ptr + stats_base + rows, mask=row_ok, other=0.0)
+
+            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+            p = tl.exp2(scores - lse[:, None])
+            p = tl.where(key_ok[None, :] & row_ok[:, None], p, 0.0)
+            dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
+            dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+
+        dk = dk * scale
+        dqkv_rows = dqkv_ptr + batch * stride_dqkv_b + keys[:, None] * stride_dqkv_s
+        tl.store(
+            dqkv_rows + dim + head_cols[None, :],
+            dk.to(dqkv_ptr.dtype.element_ty),
+            mask=key_in_seq[:, None],
+        )
+        tl.store(
+            dqkv_rows + 2 * dim + head_cols[None, :],
+            dv.to(dqkv_ptr.dtype.element_ty),
+            mask=key_in_seq[:, None],
+        )
+
+
+else:  # only the torch reference is available
+    _attention_fwd_kernel = _attention_bwd_dq_kernel = _attention_bwd_kernel = None
+
+
+# ---------------------------------------------------------------------------------------
+# Host launchers
+# ---------------------------------------------------------------------------------------
+
+
+def _check_attention_inputs(
+    qkv: torch.Tensor, key_mask: torch.Tensor | None, n_heads: int
+) -> tuple[int, int, int, int]:
+    """Validate shapes and dtypes; return (batch, seq, dim, head_dim)."""
+    op = "attention"
+    if qkv.dim() != 3:
+        raise ValueError(f"{op}: qkv must be (batch, seq, 3 * dim), got {tuple(qkv.shape)}")
+    check_float(op, "qkv", qkv)
+    batch, seq, width = qkv.shape
+    if n_heads <= 0 or width % (3 * n_heads) != 0:
+        raise ValueError(f"{op}: qkv width {width} is not divisible by 3 * n_heads ({n_heads})")
+    head_dim = width // (3 * n_heads)
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(
+            f"{op}: head dim {head_dim} is not supported by the Triton kernel "
+            f"(supported: {', '.join(map(str, HEAD_DIMS))}); use the torch backend"
+        )
+    if key_mask is not None and tuple(key_mask.shape) != (batch, seq):
+        raise ValueError(
+            f"{op}: key_mask must be (batch, seq) = {(batch, seq)}, got {tuple(key_mask.shape)}"
+        )
+    return batch, seq, width // 3, head_dim
+
+
+def _pick_blocks(seq: int, head_dim: int, block_m: int | None, block_n: int | None):
+    """Block sizes: 64 x 64 (32 keys for head dim 128), never above the padded length."""
+    fit = max(16, next_power_of_2(seq))
+    block_m = block_m or min(64, fit)
+    block_n = block_n or min(64 if head_dim <= 64 else 32, fit)
+    for name, value in (("block_m", block_m), ("block_n", block_n)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"attention: {name} must be a power of two >= 16, got {value}")
+    return block_m, block_n
+
+
+def _mask_args(key_mask: torch.Tensor | None, qkv: torch.Tensor):
+    """The mask pointer and strides to pass (qkv itself as a never-read placeholder)."""
+    if key_mask is None:
+        return qkv, 0, 0
+    return key_mask, key_mask.stride(0), key_mask.stride(1)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs must not be rounded to TF32, or fp32 results miss 1e-5.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def attention_fwd(
+    qkv: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    n_heads: int,
+    scale: float | None = None,
+    *,
+    need_lse: bool = False,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel; return the (batch, seq, dim) output and, if asked, the lse.
+
+    ``block_m`` / ``block_n`` override the block sizes (powers of two >= 16).
+    """
+    batch, seq, dim, head_dim = _check_attention_inputs(qkv, key_mask, n_heads)
+    block_m, block_n = _pick_blocks(seq, head_dim, block_m, block_n)
+    check_launchable(_attention_fwd_kernel, "attention", qkv, key_mask)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+    out = torch.empty(batch, seq, dim, dtype=qkv.dtype, device=qkv.device)
+    lse = None
+    if need_lse:
+        lse = torch.empty(batch, n_heads, seq, dtype=torch.float32, device=qkv.device)
+    if out.numel() == 0:
+        return out, lse
+
+    mask_arg, stride_mask_b, stride_mask_s = _mask_args(key_mask, qkv)
+    lse_arg = lse if lse is not None else out
+    grid = (batch * n_heads, triton.cdiv(seq, block_m))
+    _attention_fwd_kernel[grid](
+        qkv, mask_arg, out, lse_arg,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        stride_mask_b, stride_mask_s,
+        out.stride(0), out.stride(1),
+        n_heads * seq, seq,
+        seq, n_heads, dim, scale * LOG2_E,
+        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_MASK=key_mask is not None, STORE_LSE=lse is not None,
+        DOT_PRECISION=_dot_precision(qkv.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return out, lse
+
+
+def attention_bwd(
+    dout: torch.Tensor,
+    qkv: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    n_heads: int,
+    scale: float | None = None,
+    *,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Launch the backward kernels; return the (batch, seq, 3 * dim) gradient of ``qkv``."""
+    batch, seq, dim, head_dim = _check_attention_inputs(qkv, key_mask, n_heads)
+    if tuple(dout.shape) != (batch, seq, dim):
+        raise ValueError(
+            f"attention backward: grad_output must be {(batch, seq, dim)}, got "
+            f"{tuple(dout.shape)}"
+        )
+    block_m, block_n = _pick_blocks(seq, head_dim, block_m, block_n)
+    check_launchable(_attention_bwd_kernel, "attention backward", dout, qkv, key_mask)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+    dqkv = torch.empty(batch, seq, 3 * dim, dtype=qkv.dtype, device=qkv.device)
+    if dqkv.numel() == 0:
+        return dqkv
+    delta = torch.empty_like(lse)
+    mask_arg, stride_mask_b, stride_mask_s = _mask_args(key_mask, qkv)
+    common = {
+        "HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
+        "HAS_MASK": key_mask is not None, "DOT_PRECISION": _dot_precision(qkv.dtype),
+        "num_warps": 4, "num_stages": 2,
+    }
+
+    # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads.
+    _attention_bwd_dq_kernel[(batch * n_heads, triton.cdiv(seq, block_m))](
+        qkv, mask_arg, out, dout, lse, delta, dqkv,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        stride_mask_b, stride_mask_s,
+        out.stride(0), out.stride(1),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        lse.stride(0), lse.stride(1),
+        dqkv.stride(0), dqkv.stride(1),
+        seq, n_heads, dim, scale, scale * LOG2_E,
+        **common,
+    )
+    _attention_bwd_kernel[(batch * n_heads, triton.cdiv(seq, block_n))](
+        qkv, mask_arg, dout, lse, delta, dqkv,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        stride_mask_b, stride_mask_s,
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        lse.stride(0), lse.stride(1),
+        dqkv.stride(0), dqkv.stride(1),
+        seq, n_heads, dim, scale, scale * LOG2_E,
+        **common,
+    )
+    return dqkv
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch references
+# ---------------------------------------------------------------------------------------
 
 
 def split_heads(qkv: torch.Tensor, n_heads: int):
@@ -40,9 +607,12 @@ def mask_bias(key_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
 
 
 def merge_heads(out: torch.Tensor) -> torch.Tensor:
-    """(batch, heads, seq, head_dim) to (batch, seq, heads * head_dim)."""
-    batch, heads, seq, head_dim = out.shape
-    return out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+    """(batch, heads, seq, head_dim) to (batch, seq, heads * head_dim).
+
+    A view when ``out`` is laid out (batch, seq, heads, head_dim) in memory, as PyTorch's
+    fused attention returns it; a copy otherwise.
+    """
+    return out.transpose(1, 2).flatten(2)
 
 
 def attention_ref(
@@ -73,3 +643,41 @@ def attention_torch(
     bias = mask_bias(key_mask, q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return merge_heads(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------
+
+
+class AttentionFunction(torch.autograd.Function):
+    """Triton attention forward with its recomputing backward."""
+
+    @staticmethod
+    def forward(ctx, qkv, key_mask, n_heads, scale):
+        """Run the forward kernel and keep what backward recomputes from."""
+        out, lse = attention_fwd(qkv, key_mask, n_heads, scale, need_lse=True)
+        ctx.save_for_backward(qkv, key_mask, out, lse)
+        ctx.n_heads = n_heads
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        """Gradient of qkv only; the mask, head count and scale get none."""
+        qkv, key_mask, out, lse = ctx.saved_tensors
+        dqkv = attention_bwd(dout, qkv, key_mask, out, lse, ctx.n_heads, ctx.scale)
+        return dqkv, None, None, None
+
+
+def attention_triton(
+    qkv: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    n_heads: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The triton backend: differentiable when ``qkv`` needs a gradient, else forward only."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return AttentionFunction.apply(qkv, key_mask, n_heads, scale)
+    out, _ = attention_fwd(qkv, key_mask, n_heads, scale)
+    return out

@@ -4,23 +4,29 @@ Backends:
 - ``torch``: plain PyTorch, runs anywhere; the fallback and the path ONNX export traces.
 - ``triton``: the Triton kernels of this package, each behind an autograd Function.
 
-The backend comes from, in order: the ``backend`` argument, the ``DISTILBERT_BACKEND``
-environment variable (``auto``, ``torch`` or ``triton``), then ``auto``, which picks
-``triton`` for CUDA tensors when Triton imports and ``torch`` otherwise. Asking for ``triton``
-on CPU tensors works only under the Triton interpreter (``TRITON_INTERPRET=1``).
+The backend comes from, in order: the ``backend`` argument, the innermost
+``use_backend(...)`` block, the ``DISTILBERT_BACKEND`` environment variable (``auto``,
+``torch`` or ``triton``), then ``auto``. ``auto`` picks ``triton`` for CUDA tensors when
+Triton imports and the kernel supports the inputs (head dim, dtype), ``torch`` otherwise,
+logging the reason once. Asking for ``triton`` explicitly never falls back: inputs the
+kernels cannot take raise a clear error, and CPU tensors work only under the Triton
+interpreter (``TRITON_INTERPRET=1`` set before Triton is imported).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 
 from distilbert.kernels import attention as _attention
 from distilbert.kernels import gelu as _gelu
 from distilbert.kernels import layernorm as _layernorm
-from distilbert.kernels._triton import HAS_TRITON
+from distilbert.kernels._triton import FLOAT_DTYPES, HAS_TRITON, interpreter_active
 
 logger = logging.getLogger(__name__)
 
@@ -28,49 +34,77 @@ BACKENDS = ("torch", "triton")
 ENV_VAR = "DISTILBERT_BACKEND"
 
 _logged: set[tuple[str, str]] = set()
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "distilbert_backend", default=None
+)
 
 
-def _log_once(device_type: str, message: str) -> None:
-    key = (device_type, message)
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Use backend ``name`` inside the block wherever no ``backend`` argument is given.
+
+    ``name`` is ``auto``, ``torch``, ``triton``, or None to defer to the environment.
+    """
+    if name is not None and name.lower() not in BACKENDS + ("auto",):
+        raise ValueError(f"unknown backend {name!r}; expected one of auto, torch, triton")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _log_once(key: str, message: str) -> None:
     if key not in _logged:
         _logged.add(key)
         logger.info(message)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _choice(requested: str | None) -> str:
+    choice = (requested or _override.get() or os.environ.get(ENV_VAR, "auto") or "auto").lower()
+    if choice not in BACKENDS + ("auto",):
+        raise ValueError(f"unknown backend {choice!r}; expected one of auto, torch, triton")
+    return choice
 
 
 def resolve_backend(device: torch.device, requested: str | None = None) -> str:
     """Name the backend to use for tensors on ``device``; raise if the request cannot run."""
-    choice = requested or os.environ.get(ENV_VAR, "auto") or "auto"
-    choice = choice.lower()
-    if choice not in BACKENDS + ("auto",):
-        raise ValueError(f"unknown backend {choice!r}; expected one of auto, torch, triton")
-
+    choice = _choice(requested)
     if choice == "auto":
         if device.type == "cuda" and HAS_TRITON:
             return "triton"
         reason = "Triton is not installed" if device.type == "cuda" else f"device is {device}"
-        _log_once(device.type, f"using the torch backend: {reason}")
+        _log_once(f"device:{device.type}", f"using the torch backend: {reason}")
         return "torch"
 
     if choice == "triton":
         if not HAS_TRITON:
             raise RuntimeError("backend 'triton' was requested but Triton is not installed")
-        if device.type != "cuda" and not _interpreting():
+        if device.type != "cuda" and not interpreter_active():
             raise RuntimeError(
                 f"backend 'triton' needs CUDA tensors (got {device}); "
-                "set TRITON_INTERPRET=1 to run the kernels in the interpreter on CPU"
+                "set TRITON_INTERPRET=1 before importing triton to run the kernels in the "
+                "interpreter on CPU"
             )
     return choice
 
 
-def _triton_module_op(module, name: str):
-    op = getattr(module, name, None)
-    if op is None:
-        raise RuntimeError(f"the triton backend has no {name} in {module.__name__}")
-    return op
+def _use_triton(op: str, device: torch.device, requested: str | None, unsupported: str) -> bool:
+    """Whether ``op`` runs on Triton; ``unsupported`` names what the kernel cannot take."""
+    backend = resolve_backend(device, requested)
+    if backend != "triton":
+        return False
+    if unsupported and _choice(requested) == "auto":
+        _log_once(f"{op}:{unsupported}", f"{op}: using the torch backend: {unsupported}")
+        return False
+    return True  # an explicit request goes to the launcher, which names the problem
+
+
+def _dtype_problem(*tensors: torch.Tensor | None) -> str:
+    for tensor in tensors:
+        if tensor is not None and tensor.dtype not in FLOAT_DTYPES:
+            return f"the Triton kernels take float32, float16 and bfloat16, not {tensor.dtype}"
+    return ""
 
 
 def attention(
@@ -81,8 +115,12 @@ def attention(
     backend: str | None = None,
 ) -> torch.Tensor:
     """Self-attention over a fused (batch, seq, 3 * dim) projection; returns (batch, seq, dim)."""
-    if resolve_backend(qkv.device, backend) == "triton":
-        return _triton_module_op(_attention, "attention_triton")(qkv, key_mask, n_heads, scale)
+    head_dim = qkv.shape[-1] // (3 * n_heads) if n_heads > 0 else 0
+    problem = _dtype_problem(qkv)
+    if head_dim not in _attention.HEAD_DIMS:
+        problem = f"head dim {head_dim} is not one of {_attention.HEAD_DIMS}"
+    if _use_triton("attention", qkv.device, backend, problem):
+        return _attention.attention_triton(qkv, key_mask, n_heads, scale)
     return _attention.attention_torch(qkv, key_mask, n_heads, scale)
 
 
@@ -95,9 +133,11 @@ def add_layer_norm(
     backend: str | None = None,
 ) -> torch.Tensor:
     """LayerNorm(x + residual) over the last axis, eps used exactly."""
-    if resolve_backend(x.device, backend) == "triton":
-        op = _triton_module_op(_layernorm, "add_layer_norm_triton")
-        return op(x, residual, weight, bias, eps)
+    problem = _dtype_problem(x, residual, weight, bias)
+    if x.shape[-1] > _layernorm.MAX_WIDTH:
+        problem = f"width {x.shape[-1]} exceeds {_layernorm.MAX_WIDTH}"
+    if _use_triton("add_layer_norm", x.device, backend, problem):
+        return _layernorm.add_layer_norm_triton(x, residual, weight, bias, eps)
     return _layernorm.add_layer_norm_ref(x, residual, weight, bias, eps)
 
 
@@ -105,6 +145,6 @@ def bias_gelu(
     x: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None
 ) -> torch.Tensor:
     """Exact erf GELU of ``x + bias``."""
-    if resolve_backend(x.device, backend) == "triton":
-        return _triton_module_op(_gelu, "bias_gelu_triton")(x, bias)
+    if _use_triton("bias_gelu", x.device, backend, _dtype_problem(x, bias)):
+        return _gelu.bias_gelu_triton(x, bias)
     return _gelu.bias_gelu_ref(x, bias)
