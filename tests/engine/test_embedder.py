@@ -25,15 +25,18 @@ def builtin_embedder():
 
 @pytest.fixture(scope="module")
 def tiny_embedder(tiny_distilbert_folder):
+    """An embedder over the tiny random DistilBERT and the built-in tokenizer."""
     return distilbert.load(tiny_distilbert_folder, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def long_text(english_sentences) -> str:
+    """Twenty sentences in one text: over 256 tokens, under 512."""
     return " ".join(english_sentences[:20])
 
 
 def assert_rows_close(ours: np.ndarray, reference: np.ndarray, atol: float = EMBED_ATOL):
+    """float32 rows within ``atol`` of the reference; on failure name the rows."""
     assert ours.shape == reference.shape and ours.dtype == np.float32
     diff = np.abs(ours.astype(np.float64) - reference.astype(np.float64)).max(axis=1)
     bad = np.flatnonzero(diff > atol)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -61,6 +60,7 @@ def write_vocab_folder(root: Path, source: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_folders(tmp_path_factory, builtin_model_folder) -> dict[str, Path]:
+    """Folder name -> folder: the built-in one (tokenizer.json) and the vocab-only ones."""
     root = tmp_path_factory.mktemp("tokenizers")
     folders = {"tokenizer-json": builtin_model_folder}
     for name in VOCAB_SETTINGS:
@@ -81,7 +81,7 @@ def tokenizer_pairs(tokenizer_folders):
 
 @pytest.fixture(scope="module")
 def long_pairs(english_sentences):
-    """(long text, short text) pairs from real sentences."""
+    """Six (three-sentence text, one sentence) pairs of real English."""
     longs = [" ".join(english_sentences[i:i + 3]) for i in range(0, 18, 3)]
     shorts = english_sentences[20:26]
     return list(zip(longs, shorts))
@@ -110,6 +110,7 @@ def encode_both(ours, hf, texts, pairs=None, *, truncation="longest_first", max_
 
 
 def assert_same_encoding(mine, theirs, texts):
+    """Every field equal; on failure name the first differing row and its input."""
     for name in theirs:
         if mine[name] != theirs[name]:
             rows = [i for i, (a, b) in enumerate(zip(mine[name], theirs[name])) if a != b]
@@ -368,8 +369,3 @@ def test_encoded_batch_feeds_the_model(tokenizer_pairs):
     assert all(t.dtype == torch.int64 and t.shape == inputs["input_ids"].shape
                for t in inputs.values())
     assert inputs["input_ids"].shape[0] == 2
-
-
-def test_thread_count_is_left_alone():
-    """Importing and using the tokenizer must not pin the Rust thread pool for the process."""
-    assert os.environ.get("TOKENIZERS_PARALLELISM") in (None, "true", "false")
