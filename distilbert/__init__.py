@@ -15,6 +15,11 @@ from distilbert.engine import (
 
 __version__ = "0.1.0"
 __all__ = [
-    "DistilBertConfig", "DistilBertModel", "Embedder", "Tokenizer", "load", "load_task",
+    "DistilBertConfig",
+    "DistilBertModel",
+    "Embedder",
+    "Tokenizer",
     "__version__",
+    "load",
+    "load_task",
 ]

@@ -2,7 +2,8 @@
 
 Each sub-command is a pair of functions, ``_add_<name>_parser(subparsers)`` that declares its
 arguments and ``_run_<name>(args)`` that runs it and returns an exit status, listed once in
-``COMMANDS``. The work itself lives in :mod:`distilbert.jobs`, :mod:`distilbert.io` and the
+``COMMANDS``. The work itself lives in :mod:`distilbert.jobs` (embed),
+:mod:`distilbert.task_jobs` (classify, tag, answer, fill-mask), :mod:`distilbert.io` and the
 engine; this module parses arguments, shows progress and turns errors into one line on stderr.
 
 Exit status: 0 on success, 2 for bad input or arguments (missing or malformed file, unknown
@@ -18,9 +19,10 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
-from distilbert import __version__, io, jobs
+from distilbert import __version__, io, jobs, task_jobs
 from distilbert.engine.embedder import load
 from distilbert.engine.pooling import POOLING_MODES
+from distilbert.engine.tasks import AGGREGATIONS, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
-# Errors that mean the user asked for something that cannot be read or run as given.
-BAD_INPUT_ERRORS = (io.InputError, io.OutputPathError, FileNotFoundError, ValueError)
+# Errors that mean the user asked for something that cannot be read or run as given (the
+# checkpoint loaders raise KeyError for a weight the model folder lacks).
+BAD_INPUT_ERRORS = (io.InputError, io.OutputPathError, FileNotFoundError, ValueError, KeyError)
 
 
 def _positive_int(text: str) -> int:
@@ -44,11 +47,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, require_model: bool = False) -> None:
     """Options every model-running sub-command shares: which model, where, how."""
     parser.add_argument(
-        "--model", default=None, metavar="PATH",
-        help="checkpoint folder (default: the built-in all-MiniLM-L6-v2)",
+        "--model", default=None, metavar="PATH", required=require_model,
+        help="fine-tuned checkpoint folder with the task's head" if require_model else
+        "checkpoint folder (default: the built-in all-MiniLM-L6-v2)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -138,9 +142,143 @@ def _run_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_task_parser(subparsers, name: str, summary: str, columns: str):
+    """A task sub-command's parser with the input, output and model options all tasks share."""
+    parser = subparsers.add_parser(
+        name, help=summary,
+        description=(
+            f"{summary[0].upper()}{summary[1:]}: read INPUT (.txt: one text a line; .jsonl, "
+            ".csv, .parquet: the field named by --column) and write one record per text to "
+            f"OUTPUT (.jsonl or .parquet): its id (0-based position) and {columns}."
+        ),
+    )
+    parser.add_argument("input", metavar="INPUT", help="a .txt, .jsonl, .csv or .parquet file")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT",
+        help="a .jsonl or .parquet file, written when the job completes",
+    )
+    parser.add_argument(
+        "--column", default=None,
+        help="field holding the text in .jsonl/.csv/.parquet input (default: text)",
+    )
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, default=task_jobs.DEFAULT_TASK_CHUNK_SIZE,
+        metavar="N", help="texts read and run at a time "
+        f"(default: {task_jobs.DEFAULT_TASK_CHUNK_SIZE})",
+    )
+    _add_model_arguments(parser, require_model=True)
+    return parser
+
+
+def _run_task(args: argparse.Namespace, task: str, job: Callable, second_column=None,
+              **options) -> int:
+    """Load the task's model, stream the file through ``job`` and report; shared by tasks."""
+    readers = task_jobs.open_readers(args.input, args.column, second_column)
+    io.check_output_path(args.output, io.RECORD_FORMATS, source=readers[0].path)
+    helper = load_task(task, args.model, device=args.device,
+                       backend=None if args.backend == "auto" else args.backend)
+    with tqdm(total=readers[0].count(), unit="text", file=sys.stderr, disable=args.quiet,
+              dynamic_ncols=True, leave=False) as bar:
+        summary = job(readers, args.output, helper, batch_size=args.batch_size,
+                      max_length=args.max_length, chunk_size=args.chunk_size,
+                      progress=bar.update, **options)
+    if not args.quiet:
+        print(f"wrote {summary.rows} records to {summary.output} in {summary.seconds:.1f} s "
+              f"({summary.texts_per_second:.0f} texts/s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_classify_parser(subparsers) -> None:
+    """``distilbert classify INPUT -o OUTPUT --model PATH``."""
+    parser = _add_task_parser(subparsers, "classify", "classify every text in a file",
+                              "label, score and scores (label -> score)")
+    parser.add_argument(
+        "--pair-column", default=None,
+        help="field holding each text's second sequence (sentence-pair models)",
+    )
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    """Classify a whole file."""
+    return _run_task(args, "classify", task_jobs.classify_file, args.pair_column)
+
+
+def _add_tag_parser(subparsers) -> None:
+    """``distilbert tag INPUT -o OUTPUT --model PATH``."""
+    parser = _add_task_parser(
+        subparsers, "tag", "tag the entities of every text in a file",
+        "entities (label, score, start and end character offsets, word); texts longer than "
+        "--max-length are split into overlapping windows",
+    )
+    parser.add_argument(
+        "--aggregation", choices=AGGREGATIONS, default="none",
+        help="how word pieces become entities, as in Hugging Face (default: none)",
+    )
+    parser.add_argument(
+        "--stride", type=_positive_int, default=None, metavar="N",
+        help="tokens shared by consecutive windows (default: min(32, max length / 4))",
+    )
+
+
+def _run_tag(args: argparse.Namespace) -> int:
+    """Tag a whole file."""
+    return _run_task(args, "tag", task_jobs.tag_file, aggregation=args.aggregation,
+                     stride=args.stride)
+
+
+def _add_answer_parser(subparsers) -> None:
+    """``distilbert answer INPUT -o OUTPUT --model PATH (--question Q | --question-column C)``."""
+    parser = _add_task_parser(
+        subparsers, "answer", "answer a question about every context in a file",
+        "the best answer span (answer, score, start and end character offsets in the "
+        "context); --column names the context field",
+    )
+    questions = parser.add_mutually_exclusive_group(required=True)
+    questions.add_argument("--question", default=None, help="one question for every context")
+    questions.add_argument("--question-column", default=None,
+                           help="field holding each context's question")
+    parser.add_argument(
+        "--stride", type=_positive_int, default=None, metavar="N",
+        help="tokens shared by consecutive windows of a long context "
+        "(default: min(128, max length / 2))",
+    )
+    parser.add_argument(
+        "--max-answer-length", type=_positive_int, default=15, metavar="N",
+        help="tokens in an answer at most (default: 15)",
+    )
+
+
+def _run_answer(args: argparse.Namespace) -> int:
+    """Answer questions over a whole file."""
+    return _run_task(args, "answer", task_jobs.answer_file, args.question_column,
+                     question=args.question, stride=args.stride,
+                     max_answer_length=args.max_answer_length)
+
+
+def _add_fill_mask_parser(subparsers) -> None:
+    """``distilbert fill-mask INPUT -o OUTPUT --model PATH``."""
+    parser = _add_task_parser(
+        subparsers, "fill-mask", "predict the masked tokens of every text in a file",
+        "predictions: for each mask token, the top-k (score, token, token_str, sequence)",
+    )
+    parser.add_argument(
+        "--top-k", type=_positive_int, default=5, metavar="K",
+        help="predictions per mask (default: 5)",
+    )
+
+
+def _run_fill_mask(args: argparse.Namespace) -> int:
+    """Fill the masks of a whole file."""
+    return _run_task(args, "fill-mask", task_jobs.fill_mask_file, top_k=args.top_k)
+
+
 # (name, add its parser, run it): new sub-commands are one more line here.
 COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
     ("embed", _add_embed_parser, _run_embed),
+    ("classify", _add_classify_parser, _run_classify),
+    ("tag", _add_tag_parser, _run_tag),
+    ("answer", _add_answer_parser, _run_answer),
+    ("fill-mask", _add_fill_mask_parser, _run_fill_mask),
 ]
 
 
