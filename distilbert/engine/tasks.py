@@ -413,8 +413,10 @@ class QuestionAnswerer(Task):
         by ``stride`` tokens (default min(128, max_length // 2)); the best spans over all
         windows win. Scores are start x end probabilities, each a softmax over the window's
         context tokens and [CLS], as in Hugging Face's pipeline. With ``align_to_words`` a
-        span grows to whole words. ``handle_impossible_answer`` adds the empty answer, scored
-        by [CLS]. ``context[start:end] == answer`` always.
+        span grows to whole words; a character span found more than once (in overlapping
+        windows, or from pieces of one word) is listed once, at its best score.
+        ``handle_impossible_answer`` adds the empty answer, scored by [CLS].
+        ``context[start:end] == answer`` always.
         """
         questions, single = _as_list(question, "question")
         contexts, _ = _as_list(context, "context")

@@ -340,3 +340,23 @@ def test_dtype_and_tied_projector_survive_casting(tiny_heads, hf_checkpoint):
     reference = reference_logits(tiny_heads["DistilBertForMaskedLM"], ids, mask)
     assert ours.dtype == torch.float64
     assert_logits_close(ours.float(), reference, mask)
+
+
+# The Triton kernels keep fp32 (IEEE dots) but sum in another order than the CPU reference.
+GPU_LOGITS_ATOL = 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(HEAD_CLASSES))
+def test_head_on_cuda_with_triton_kernels(name, tiny_heads, hf_checkpoint):
+    hf_model = tiny_heads[name]
+    drop = ("vocab_projector.weight",) if name == "DistilBertForMaskedLM" else ()
+    folder = hf_checkpoint(hf_model, "safetensors", drop=drop, tokenizer=False)
+    model = HEAD_CLASSES[name].from_pretrained(folder, device="cuda", backend="triton")
+    ids, mask = inputs_for(name)
+    with torch.no_grad():
+        ours = model(ids.cuda(), mask.cuda())
+    ours = tuple(t.cpu() for t in ours) if isinstance(ours, tuple) else ours.cpu()
+    reference = reference_logits(hf_model, ids, mask)
+    assert_logits_close(ours, reference, mask, atol=GPU_LOGITS_ATOL)
