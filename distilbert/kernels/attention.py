@@ -33,6 +33,7 @@ dropout, no causal mask.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -46,6 +47,8 @@ from distilbert.kernels._triton import (
     tl,
     triton,
 )
+
+logger = logging.getLogger(__name__)
 
 HEAD_DIMS = (32, 64, 128)
 LOG2_E = 1.4426950408889634
@@ -454,15 +457,60 @@ def _check_attention_inputs(
     return batch, seq, width // 3, head_dim
 
 
-def _pick_blocks(seq: int, head_dim: int, block_m: int | None, block_n: int | None):
-    """Block sizes: 64 x 64 (32 keys for head dim 128), never above the padded length."""
-    fit = max(16, next_power_of_2(seq))
-    block_m = block_m or min(64, fit)
-    block_n = block_n or min(64 if head_dim <= 64 else 32, fit)
+def _block_candidates(
+    seq: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    backward: bool,
+    block_m: int | None,
+    block_n: int | None,
+) -> list[tuple[int, int]]:
+    """Block sizes to try, largest first; explicit sizes are the only candidate.
+
+    64 x 64 tiles for 16-bit heads of up to 64, smaller ones where the tiles of Q, K, V
+    (and dO in backward) grow with the head dim or fp32; never above the padded length.
+    The smaller candidates are used only if a GPU lacks the shared memory for the first.
+    """
     for name, value in (("block_m", block_m), ("block_n", block_n)):
-        if value < 16 or value & (value - 1):
+        if value is not None and (value < 16 or value & (value - 1)):
             raise ValueError(f"attention: {name} must be a power of two >= 16, got {value}")
-    return block_m, block_n
+    if block_m is not None or block_n is not None:
+        fit = max(16, next_power_of_2(seq))
+        return [(block_m or min(64, fit), block_n or min(64, fit))]
+
+    wide = head_dim * dtype.itemsize  # bytes of one row of a tile
+    first = 64 if wide <= 128 else 32
+    sizes = [(64, first)] if not backward else [(first, first)]
+    while sizes[-1] != (16, 16):
+        bm, bn = sizes[-1]
+        sizes.append((max(16, bm // 2), max(16, bn // 2)))
+    fit = max(16, next_power_of_2(seq))
+    clipped = [(min(bm, fit), min(bn, fit)) for bm, bn in sizes]
+    return list(dict.fromkeys(clipped))
+
+
+_chosen_blocks: dict[tuple, tuple[int, int]] = {}
+
+
+def _launch(kernel, grid_of, args, candidates, cache_key, **constexprs) -> None:
+    """Launch ``kernel`` with the first block sizes that fit the device; remember them."""
+    cache_key = (*cache_key, tuple(candidates))
+    known = _chosen_blocks.get(cache_key)
+    if known is not None:
+        candidates = [known]
+    for index, (block_m, block_n) in enumerate(candidates):
+        try:
+            kernel[grid_of(block_m, block_n)](
+                *args, BLOCK_M=block_m, BLOCK_N=block_n, **constexprs
+            )
+        except triton.runtime.errors.OutOfResources as err:
+            if index + 1 == len(candidates):
+                raise
+            logger.info("attention: blocks %dx%d do not fit (%s); trying smaller ones",
+                        block_m, block_n, err)
+            continue
+        _chosen_blocks[cache_key] = (block_m, block_n)
+        return
 
 
 def _mask_args(key_mask: torch.Tensor | None, qkv: torch.Tensor):
@@ -492,7 +540,7 @@ def attention_fwd(
     ``block_m`` / ``block_n`` override the block sizes (powers of two >= 16).
     """
     batch, seq, dim, head_dim = _check_attention_inputs(qkv, key_mask, n_heads)
-    block_m, block_n = _pick_blocks(seq, head_dim, block_m, block_n)
+    candidates = _block_candidates(seq, head_dim, qkv.dtype, False, block_m, block_n)
     check_launchable(_attention_fwd_kernel, "attention", qkv, key_mask)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
@@ -504,19 +552,20 @@ def attention_fwd(
         return out, lse
 
     mask_arg, stride_mask_b, stride_mask_s = _mask_args(key_mask, qkv)
-    lse_arg = lse if lse is not None else out
-    grid = (batch * n_heads, triton.cdiv(seq, block_m))
-    _attention_fwd_kernel[grid](
-        qkv, mask_arg, out, lse_arg,
+    args = (
+        qkv, mask_arg, out, lse if lse is not None else out,
         qkv.stride(0), qkv.stride(1), qkv.stride(2),
         stride_mask_b, stride_mask_s,
         out.stride(0), out.stride(1),
         n_heads * seq, seq,
         seq, n_heads, dim, scale * LOG2_E,
-        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_MASK=key_mask is not None, STORE_LSE=lse is not None,
-        DOT_PRECISION=_dot_precision(qkv.dtype),
-        num_warps=4, num_stages=2,
+    )
+    _launch(
+        _attention_fwd_kernel,
+        lambda bm, bn: (batch * n_heads, triton.cdiv(seq, bm)),
+        args, candidates, ("fwd", qkv.device, qkv.dtype, head_dim),
+        HEAD_DIM=head_dim, HAS_MASK=key_mask is not None, STORE_LSE=lse is not None,
+        DOT_PRECISION=_dot_precision(qkv.dtype), num_warps=4, num_stages=2,
     )
     return out, lse
 
@@ -540,13 +589,51 @@ def attention_bwd(
             f"attention backward: grad_output must be {(batch, seq, dim)}, got "
             f"{tuple(dout.shape)}"
         )
-    block_m, block_n = _pick_blocks(seq, head_dim, block_m, block_n)
+    candidates = _block_candidates(seq, head_dim, qkv.dtype, True, block_m, block_n)
     check_launchable(_attention_bwd_kernel, "attention backward", dout, qkv, key_mask)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
     dqkv = torch.empty(batch, seq, 3 * dim, dtype=qkv.dtype, device=qkv.device)
     if dqkv.numel() == 0:
         return dqkv
+    delta = torch.empty_like(lse)
+    mask_arg, stride_mask_b, stride_mask_s = _mask_args(key_mask, qkv)
+    constexprs = {
+        "HEAD_DIM": head_dim, "HAS_MASK": key_mask is not None,
+        "DOT_PRECISION": _dot_precision(qkv.dtype), "num_warps": 4, "num_stages": 2,
+    }
+
+    # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads.
+    dq_args = (
+        qkv, mask_arg, out, dout, lse, delta, dqkv,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        stride_mask_b, stride_mask_s,
+        out.stride(0), out.stride(1),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        lse.stride(0), lse.stride(1),
+        dqkv.stride(0), dqkv.stride(1),
+        seq, n_heads, dim, scale, scale * LOG2_E,
+    )
+    _launch(
+        _attention_bwd_dq_kernel,
+        lambda bm, bn: (batch * n_heads, triton.cdiv(seq, bm)),
+        dq_args, candidates, ("bwd_dq", qkv.device, qkv.dtype, head_dim), **constexprs,
+    )
+    dkdv_args = (
+        qkv, mask_arg, dout, lse, delta, dqkv,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        stride_mask_b, stride_mask_s,
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        lse.stride(0), lse.stride(1),
+        dqkv.stride(0), dqkv.stride(1),
+        seq, n_heads, dim, scale, scale * LOG2_E,
+    )
+    _launch(
+        _attention_bwd_kernel,
+        lambda bm, bn: (batch * n_heads, triton.cdiv(seq, bn)),
+        dkdv_args, candidates, ("bwd_dkdv", qkv.device, qkv.dtype, head_dim), **constexprs,
+    )
+    return dqkv
     delta = torch.empty_like(lse)
     mask_arg, stride_mask_b, stride_mask_s = _mask_args(key_mask, qkv)
     common = {

@@ -221,3 +221,43 @@ def test_reference_gradcheck():
     mask = make_mask("left", 2, 4, seed=6)
     assert torch.autograd.gradcheck(lambda t: attn.attention_ref(t, mask, 2), (qkv,))
     assert torch.autograd.gradcheck(lambda t: attn.attention_torch(t, mask, 2), (qkv,))
+
+
+def test_block_candidates():
+    """Largest tiles first, shrinking to 16; clipped to the padded length; explicit wins."""
+    assert attn._block_candidates(512, 64, torch.float16, False, None, None) == [
+        (64, 64), (32, 32), (16, 16)
+    ]
+    assert attn._block_candidates(512, 128, torch.float16, True, None, None)[0] == (32, 32)
+    assert attn._block_candidates(7, 64, torch.float32, False, None, None) == [(16, 16)]
+    assert attn._block_candidates(512, 32, torch.float16, False, 16, None) == [(16, 64)]
+
+
+class FakeKernel:
+    """Stands in for a Triton kernel that runs out of shared memory above 32 x 32 tiles."""
+
+    def __init__(self):
+        self.launched = []
+
+    def __getitem__(self, grid):
+        def launch(*args, BLOCK_M, BLOCK_N, **constexprs):
+            if BLOCK_M > 32:
+                raise attn.triton.runtime.errors.OutOfResources(BLOCK_M * 1024, 32768, "shared")
+            self.launched.append((grid, BLOCK_M, BLOCK_N))
+
+        return launch
+
+
+def test_launch_falls_back_to_smaller_blocks(monkeypatch):
+    """Out of shared memory: the next smaller tiles are used, and remembered."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(attn, "_chosen_blocks", {})
+    kernel = FakeKernel()
+    candidates = [(64, 64), (32, 32), (16, 16)]
+    for _ in range(2):
+        attn._launch(kernel, lambda bm, bn: (1, 128 // bm), (), candidates, ("test",))
+    assert kernel.launched == [((1, 4), 32, 32), ((1, 4), 32, 32)]
+    assert list(attn._chosen_blocks.values()) == [(32, 32)]
+
+    with pytest.raises(attn.triton.runtime.errors.OutOfResources):
+        attn._launch(FakeKernel(), lambda bm, bn: (1,), (), [(64, 64)], ("other",))
