@@ -23,6 +23,8 @@ from distilbert import __version__, io, jobs, task_jobs
 from distilbert.engine.embedder import load
 from distilbert.engine.pooling import POOLING_MODES
 from distilbert.engine.tasks import AGGREGATIONS, load_task
+from distilbert.export import onnx as onnx_export
+from distilbert.export import tensorrt as trt_export
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +274,106 @@ def _run_fill_mask(args: argparse.Namespace) -> int:
     return _run_task(args, "fill-mask", task_jobs.fill_mask_file, top_k=args.top_k)
 
 
+def _add_export_parser(subparsers) -> None:
+    """``distilbert export onnx ...`` and ``distilbert export tensorrt ...``."""
+    parser = subparsers.add_parser(
+        "export", help="export a model to ONNX, or an ONNX export to a TensorRT engine",
+        description="Export and verify: every file is checked against a reference on several "
+        "shapes and padding layouts before it is written.",
+    )
+    formats = parser.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
+
+    to_onnx = formats.add_parser(
+        "onnx", help="export the encoder or a task head to ONNX",
+        description="Export a checkpoint to OUTPUT (.onnx) through the plain-PyTorch path, "
+        "with dynamic batch and sequence axes, and verify it with onnxruntime.",
+    )
+    to_onnx.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                         help="the .onnx file to write")
+    to_onnx.add_argument("--model", default=None, metavar="PATH",
+                         help="checkpoint folder (default: the built-in all-MiniLM-L6-v2)")
+    to_onnx.add_argument("--task", choices=list(onnx_export.TASKS), default="base",
+                         help="the encoder alone (base) or a task head (default: base)")
+    to_onnx.add_argument("--opset", type=_positive_int, default=onnx_export.DEFAULT_OPSET,
+                         help=f"ONNX opset (default: {onnx_export.DEFAULT_OPSET})")
+    to_onnx.add_argument("--int32", action="store_true",
+                         help="int32 inputs instead of int64 (TensorRT engines need them)")
+    to_onnx.add_argument("--optimize", action="store_true",
+                         help="also write OUTPUT.opt.onnx, fused by onnxruntime's optimizer "
+                         "(runs in onnxruntime only)")
+    to_onnx.add_argument("--attention", choices=onnx_export.ATTENTION_MODES, default="raw",
+                         help="how --optimize fuses attention: raw 2-D mask (default), "
+                         "index (right padding only: checked, dropped if wrong) or off")
+    to_onnx.add_argument("--fp16", action="store_true",
+                         help="also write a float16 copy (*.fp16.onnx), LayerNorm and softmax "
+                         "kept in fp32")
+
+    to_trt = formats.add_parser(
+        "tensorrt", help="build a TensorRT engine from an int32 ONNX export",
+        description="Build a TensorRT engine (needs pip install 'distilbert[tensorrt]' and a "
+        "CUDA GPU) from an ONNX file written by `distilbert export onnx --int32`, and verify "
+        "it against onnxruntime.",
+    )
+    to_trt.add_argument("onnx", metavar="MODEL.onnx", help="an int32 export of this tool")
+    to_trt.add_argument("-o", "--output", required=True, metavar="ENGINE",
+                        help="the engine file to write (e.g. model.plan)")
+    to_trt.add_argument("--precision", choices=trt_export.PRECISIONS, default="fp16",
+                        help="fp16 (LayerNorm and softmax in fp32) or fp32 (default: fp16)")
+    to_trt.add_argument("--batch", default="1,8,32", metavar="MIN,OPT,MAX",
+                        help="batch sizes of the optimisation profile (default: 1,8,32)")
+    to_trt.add_argument("--seq", default=None, metavar="MIN,OPT,MAX",
+                        help="sequence lengths (default: 1,128,the model's max positions)")
+    to_trt.add_argument("--choices", default="1,2,4", metavar="MIN,OPT,MAX",
+                        help="choices per example, multiple-choice heads only (default: 1,2,4)")
+    to_trt.add_argument("--workspace", type=float, default=trt_export.DEFAULT_WORKSPACE_GIB,
+                        metavar="GIB", help="builder workspace in GiB (default: 4)")
+    for nested in (to_onnx, to_trt):
+        # -q / -v also after the format; SUPPRESS keeps these from undoing an earlier flag.
+        nested.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                            help="no summary")
+        nested.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="log what the export does")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Run ``export onnx`` or ``export tensorrt``."""
+    if args.export_format == "onnx":
+        return _run_export_onnx(args)
+    return _run_export_tensorrt(args)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    """Load the checkpoint (encoder or head), export, verify, write the files asked for."""
+    from distilbert.engine.embedder import default_model_path
+    from distilbert.engine.heads import HEADS
+    from distilbert.engine.model import DistilBertModel
+
+    model_class = DistilBertModel if args.task == "base" else HEADS[args.task]
+    model = model_class.from_pretrained(args.model or default_model_path())
+    written = onnx_export.export_onnx_files(
+        model, args.output, opset=args.opset, int32_ids=args.int32, optimize=args.optimize,
+        attention=args.attention, fp16=args.fp16,
+    )
+    if not args.quiet:
+        for item in written:
+            print(f"wrote {item.path} ({item.what}); {item.report.summary()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_export_tensorrt(args: argparse.Namespace) -> int:
+    """Build, verify and write a TensorRT engine."""
+    result = trt_export.build_engine(
+        args.onnx, args.output, precision=args.precision,
+        batch=trt_export.AxisRange.parse(args.batch),
+        seq=trt_export.AxisRange.parse(args.seq) if args.seq else None,
+        choices=trt_export.AxisRange.parse(args.choices), workspace_gib=args.workspace,
+    )
+    if not args.quiet:
+        print(f"wrote {result.path} (TensorRT {result.precision}); {result.report.summary()}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
 # (name, add its parser, run it): new sub-commands are one more line here.
 COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
     ("embed", _add_embed_parser, _run_embed),
@@ -279,6 +381,7 @@ COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
     ("tag", _add_tag_parser, _run_tag),
     ("answer", _add_answer_parser, _run_answer),
     ("fill-mask", _add_fill_mask_parser, _run_fill_mask),
+    ("export", _add_export_parser, _run_export),
 ]
 
 

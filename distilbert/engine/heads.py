@@ -104,6 +104,52 @@ class TaskHead(nn.Module):
         return checkpoint.finish_model(model, dtype, device)
 
     @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        config: DistilBertConfig | str | Path | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        backend: str | None = None,
+    ):
+        """Load this head from an ONNX file (ours or a Hugging Face export of the same head).
+
+        The config comes as in :meth:`DistilBertModel.from_onnx`. Head weights are matched
+        by name where the file kept their names, else in forward order by kind and shape
+        (:func:`distilbert.engine.onnx_weights.head_state`).
+        """
+        from distilbert.engine import onnx_weights
+
+        weights = onnx_weights.read_onnx_weights(path, config)
+        if weights.config.model_type not in cls.model_types:
+            raise ValueError(
+                f"{cls.__name__} needs a model_type of {' or '.join(map(repr, cls.model_types))}"
+                f"; {path} holds {weights.config.model_type!r}"
+            )
+        # With no labels in the config, the last linear's width is the label count.
+        named = dict(weights.head)
+        linears = [u for u in weights.head_units if u.kind == "linear"]
+        label_weight = getattr(cls, "label_weight", None)
+        if label_weight and label_weight not in named and linears:
+            named[label_weight] = torch.from_numpy(linears[-1].weight.copy())
+        model = cls(cls.configure(weights.config, None, named), backend=backend)
+        checkpoint.load_base_weights(model.distilbert, weights.encoder)
+
+        modules = [
+            (name, "linear" if isinstance(module, nn.Linear) else "norm",
+             tuple(module.weight.shape))
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.LayerNorm)) and not name.startswith("distilbert")
+        ]
+        head = onnx_weights.head_state(weights, modules)
+        # A projector equal to the word embeddings was tied before export: tie it again.
+        for name, target in cls.tied_weights.items():
+            if name in head and torch.equal(head[name], model.get_parameter(target).detach()):
+                del head[name]
+        checkpoint.load_head_weights(model, head, cls.tied_weights)
+        return checkpoint.finish_model(model, dtype, device)
+
+    @classmethod
     def configure(
         cls, config: DistilBertConfig, num_labels: int | None, head: dict[str, torch.Tensor]
     ) -> DistilBertConfig:

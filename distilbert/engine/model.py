@@ -229,3 +229,24 @@ class DistilBertModel(nn.Module):
         checkpoint.load_base_weights(model, base)
         return checkpoint.finish_model(model, dtype, device)
 
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        *,
+        config: DistilBertConfig | str | Path | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        backend: str | None = None,
+    ) -> DistilBertModel:
+        """Load the encoder weights of an ONNX file (ours or a Hugging Face export).
+
+        ``config`` defaults to the one stored in or beside the file, else one inferred from
+        the graph; see :mod:`distilbert.engine.onnx_weights` for how tensors are matched.
+        """
+        from distilbert.engine import checkpoint, onnx_weights
+
+        weights = onnx_weights.read_onnx_weights(path, config)
+        model = cls(weights.config, backend=backend)
+        checkpoint.load_base_weights(model, weights.encoder)
+        return checkpoint.finish_model(model, dtype, device)
