@@ -18,6 +18,11 @@ declared ``Dim`` bounds. The TorchScript exporter (``dynamo=False``) records Pyt
 read from ``tensor.shape`` as traced values and fails on ``F.layer_norm(h, (h.shape[-1],))``
 with dynamic axes ("ListConstruct ... is not constant"); it is also deprecated.
 
+Opset: 18 by default, the opset the dynamo exporter's op library is written for (others go
+through ONNX's version converter); 17 is the oldest accepted, the first with a single
+``LayerNormalization`` op, which TensorRT runs as one normalisation layer and the fp16
+conversion can keep in fp32 as a whole.
+
 Limits: models whose weights exceed 2 GB (none of this family) would need external data;
 the optimised graph holds onnxruntime contrib ops and runs only in onnxruntime.
 """

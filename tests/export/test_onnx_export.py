@@ -197,3 +197,23 @@ def test_polygraphy_compares_onnxruntime_with_pytorch(exported_base):
         results, compare_func=CompareFunc.simple(atol=ATOL, rtol=RTOL))
     assert bool(accuracy)
     assert len(results[0][1]) == len(FRESH_CASES)
+
+
+@pytest.mark.slow
+def test_full_size_export_and_fp16(base_distilbert_hf, hf_checkpoint, tmp_path):
+    """distilbert-base sizes (768 wide, 6 layers, 12 heads): fp32 at 1e-5, fp16 cosine."""
+    from distilbert.engine.model import DistilBertModel
+
+    model = DistilBertModel.from_pretrained(hf_checkpoint(base_distilbert_hf, tokenizer=False))
+    result = export.export_onnx(model, tmp_path / "full.onnx", int32_ids=True)
+    spec = export.TASKS["base"]
+    feeds = export.verification_feeds(spec, model.config, ((5, 64),), {"input_ids": np.int32,
+                                      "attention_mask": np.int32}, seed=13)
+    assert_matches(lambda feed: hf_outputs(base_distilbert_hf, feed),
+                   export.onnxruntime_runner(result.path), feeds, spec)
+
+    report = export.convert_fp16(result.path, tmp_path / "full.fp16.onnx")
+    assert report.min_cosine >= export.FP16_MIN_COSINE
+    assert_matches(lambda feed: hf_outputs(base_distilbert_hf, feed),
+                   export.onnxruntime_runner(tmp_path / "full.fp16.onnx"), feeds, spec,
+                   atol=None, min_cosine=export.FP16_MIN_COSINE)
