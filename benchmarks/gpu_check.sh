@@ -25,7 +25,8 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     DRY_RUN=1
 fi
 
-if [[ $DRY_RUN -eq 0 ]] && ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+HAS_CUDA='import sys, torch; sys.exit(not torch.cuda.is_available())'
+if [[ $DRY_RUN -eq 0 ]] && ! "$PYTHON" -c "$HAS_CUDA"; then
     echo "gpu_check: no CUDA device visible to $PYTHON; use --dry-run to check the script" >&2
     exit 2
 fi
