@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-gpu lint bench bench-cpu clean
+.PHONY: venv demo test test-gpu lint bench bench-micro clean
 
 venv: $(STAMP)
 
@@ -30,8 +30,13 @@ test-gpu: venv
 lint: venv
 	$(PY) -m ruff check distilbert tests benchmarks
 
+# The full suite (every workload and provider, on CPU); results in benchmarks/results/.
 bench: venv
-	$(PY) benchmarks/bench_embed.py
+	$(PY) -m distilbert bench
+
+# Micro-benchmarks of the dispatch ops and one encoder forward (pytest-benchmark).
+bench-micro: venv
+	$(PY) -m pytest benchmarks/test_micro.py --benchmark-only
 
 clean:
 	rm -rf $(VENV) build *.egg-info

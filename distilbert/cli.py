@@ -3,8 +3,9 @@
 Each sub-command is a pair of functions, ``_add_<name>_parser(subparsers)`` that declares its
 arguments and ``_run_<name>(args)`` that runs it and returns an exit status, listed once in
 ``COMMANDS``. The work itself lives in :mod:`distilbert.jobs` (embed),
-:mod:`distilbert.task_jobs` (classify, tag, answer, fill-mask), :mod:`distilbert.io` and the
-engine; this module parses arguments, shows progress and turns errors into one line on stderr.
+:mod:`distilbert.task_jobs` (classify, tag, answer, fill-mask), :mod:`distilbert.export`,
+:mod:`distilbert.bench`, :mod:`distilbert.io` and the engine; this module parses arguments,
+shows progress and turns errors into one line on stderr.
 
 Exit status: 0 on success, 2 for bad input or arguments (missing or malformed file, unknown
 column or format, bad model folder), 1 for any other failure, 130 when interrupted.
@@ -13,13 +14,15 @@ column or format, bad model folder), 1 for any other failure, 130 when interrupt
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
-from distilbert import __version__, io, jobs, task_jobs
+from distilbert import __version__, bench, io, jobs, task_jobs
 from distilbert.engine.embedder import load
 from distilbert.engine.pooling import POOLING_MODES
 from distilbert.engine.tasks import AGGREGATIONS, load_task
@@ -47,6 +50,22 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _comma_list(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated list of names, each one of ``choices`` when given."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        unknown = [name for name in names if choices is not None and name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)}; expected some of {', '.join(choices)}")
+        return names
+
+    return parse
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, require_model: bool = False) -> None:
@@ -374,6 +393,57 @@ def _run_export_tensorrt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The suite's own defaults, so that the command and the library cannot disagree.
+_SUITE_DEFAULTS = {name: p.default for name, p in
+                   inspect.signature(bench.run_suite).parameters.items()}
+
+
+def _add_bench_parser(subparsers) -> None:
+    """``distilbert bench``: the benchmark suite of :mod:`distilbert.bench`."""
+    workloads = tuple(_SUITE_DEFAULTS["workloads"])
+    providers = tuple(_SUITE_DEFAULTS["providers"])
+    parser = subparsers.add_parser(
+        "bench", help="benchmark this engine against transformers, sentence-transformers, ORT",
+        description="Run the benchmark suite: every provider runs the same model on the same "
+        "inputs, rounds interleaved. Writes bench_<device>.csv (with the machine's context), "
+        ".md and .png to --out and prints the markdown report on stdout.",
+    )
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="checkpoint folder (default: the built-in all-MiniLM-L6-v2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                        help="where every provider runs (default: cpu)")
+    parser.add_argument("--workloads", type=_comma_list(workloads), default=list(workloads),
+                        metavar="W,...", help=f"some of {','.join(workloads)} (default: all)")
+    parser.add_argument("--providers", type=_comma_list(providers), default=list(providers),
+                        metavar="P,...", help=f"some of {','.join(providers)}; the first is "
+                        "the one ratios are taken against (default: all)")
+    parser.add_argument("--corpus-size", type=_positive_int,
+                        default=_SUITE_DEFAULTS["corpus_size"], metavar="N",
+                        help="texts of the embed workload (default: %(default)s)")
+    parser.add_argument("--rounds", type=_positive_int, default=_SUITE_DEFAULTS["rounds"],
+                        metavar="N", help="timed rounds per shape at least (default: %(default)s)")
+    parser.add_argument("--out", default=str(_SUITE_DEFAULTS["out_dir"]), metavar="DIR",
+                        help="results folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer latency and throughput shapes")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """Run the suite; the file paths go to stderr, the markdown report to stdout."""
+    result = bench.run_suite(
+        model_path=args.model, device=args.device, workloads=args.workloads,
+        providers=args.providers, corpus_size=args.corpus_size, rounds=args.rounds,
+        out_dir=args.out, quick=args.quick,
+    )
+    files = {kind: Path(path) for kind, path in result["files"].items()}
+    if not args.quiet:
+        for kind, path in files.items():
+            print(f"wrote {path} ({kind})" if path.exists() else f"no {kind} written",
+                  file=sys.stderr)
+    print(files["markdown"].read_text(encoding="utf-8"), end="")
+    return EXIT_OK
+
+
 # (name, add its parser, run it): new sub-commands are one more line here.
 COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
     ("embed", _add_embed_parser, _run_embed),
@@ -382,6 +452,7 @@ COMMANDS: list[tuple[str, Callable, Callable[[argparse.Namespace], int]]] = [
     ("answer", _add_answer_parser, _run_answer),
     ("fill-mask", _add_fill_mask_parser, _run_fill_mask),
     ("export", _add_export_parser, _run_export),
+    ("bench", _add_bench_parser, _run_bench),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The ``distilbert embed`` command end to end, against ``distilbert.load().embed``.
+"""``distilbert embed`` end to end against ``distilbert.load().embed``; ``distilbert bench``.
 
 Every run uses the built-in model. ``load`` is called once per distinct set of options in
 this module (see ``cached_load``): the command goes through the real loader, without paying
@@ -295,3 +295,35 @@ def test_bad_option_value_is_a_usage_error(tmp_path, capsys, option):
 
     assert stopped.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+# --- distilbert bench ---------------------------------------------------------------------
+
+
+def test_bench_writes_its_files_and_prints_the_report(tmp_path, capsys):
+    out = tmp_path / "results"
+
+    status = cli.main(["bench", "--quick", "--workloads", "memory",
+                       "--providers", "distilbert-torch", "--out", str(out)])
+
+    assert status == 0
+    captured = capsys.readouterr()
+    csv_path, md_path = out / "bench_cpu.csv", out / "bench_cpu.md"
+    assert csv_path.is_file() and md_path.is_file()
+    assert f"wrote {csv_path} (csv)" in captured.err
+    assert f"wrote {md_path} (markdown)" in captured.err
+    report = md_path.read_text(encoding="utf-8")
+    assert captured.out == report
+    # | provider | allocations | allocated MiB | peak MiB | allocations vs ours |
+    rows = [line.split("|")[1:-1] for line in report.splitlines()
+            if line.startswith("| distilbert-torch |")]
+    assert len(rows) == 1
+    assert int(rows[0][1]) > 0
+
+
+def test_bench_refuses_an_unknown_workload(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["bench", "--workloads", "memory,speed"])
+
+    assert stopped.value.code == 2
+    assert "unknown speed" in capsys.readouterr().err
