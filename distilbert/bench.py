@@ -402,8 +402,12 @@ def onnxruntime_provider(path, work_dir: Path) -> Provider | None:
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
-    def forward(ids, mask):
+    input_names = {i.name for i in session.get_inputs()}
+
+    def forward(ids, mask, types=None):
         feeds = {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
+        if "token_type_ids" in input_names:  # BERT-family exports take segment ids
+            feeds["token_type_ids"] = (torch.zeros_like(ids) if types is None else types).numpy()
         return session.run(None, feeds)[0]
 
     def embed(texts):
@@ -421,7 +425,7 @@ def onnxruntime_provider(path, work_dir: Path) -> Provider | None:
                 return torch.device("cpu")
 
             def forward(self, ids, mask, types=None):
-                return torch.from_numpy(forward(ids, mask))
+                return torch.from_numpy(forward(ids, mask, types))
 
         ort_embedder = Embedder(OrtModel(embedder.model), embedder.tokenizer,
                                 embedder.pooling, embedder.normalize, embedder.max_length)
