@@ -355,13 +355,31 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
     plt.close(figure)
 
 
-def our_provider(path, device, backend: str | None, name: str) -> Provider:
-    """This engine through its public API: ``load()`` and ``Embedder.embed``."""
+def our_provider(path, device, backend: str | None, name: str, fused: bool = True) -> Provider:
+    """This engine through its public API: ``load()`` and ``Embedder.embed``.
+
+    ``fused=False`` turns off the fused oneDNN projections of the CPU path, to show their
+    share of the speed.
+    """
+    import contextlib
+
     from distilbert.engine.embedder import load
+    from distilbert.kernels.dispatch import use_onednn
 
     embedder = load(path, device=device, backend=backend)
-    return Provider(name, lambda ids, mask: embedder.model(ids, mask),
-                    lambda texts: embedder.embed(texts), embedder.model)
+
+    def scope():
+        return contextlib.nullcontext() if fused else use_onednn(False)
+
+    def forward(ids, mask):
+        with scope():
+            return embedder.model(ids, mask)
+
+    def embed(texts):
+        with scope():
+            return embedder.embed(texts)
+
+    return Provider(name, forward, embed, embedder.model)
 
 
 def transformers_provider(path, device, attention: str) -> Provider:
@@ -438,8 +456,9 @@ def run_suite(
     model_path: str | Path | None = None,
     device: str = "cpu",
     workloads: Sequence[str] = ("latency", "throughput", "embed", "memory"),
-    providers: Sequence[str] = ("distilbert", "distilbert-torch", "transformers-eager",
-                                "transformers-sdpa", "sentence-transformers", "onnxruntime"),
+    providers: Sequence[str] = ("distilbert", "distilbert-torch", "distilbert-plain",
+                                "transformers-eager", "transformers-sdpa",
+                                "sentence-transformers", "onnxruntime"),
     corpus_size: int = 2000,
     rounds: int = 3,
     out_dir: str | Path = "benchmarks/results",
@@ -448,7 +467,6 @@ def run_suite(
     """Run the chosen workloads for the chosen providers; write CSV, markdown and plot."""
     import tempfile
 
-    from distilbert.demo import corpus_sentences
     from distilbert.engine.embedder import default_model_path, resolve_device
 
     target = resolve_device(device)
@@ -460,6 +478,8 @@ def run_suite(
                 built.append(our_provider(path, target, None, name))
             elif name == "distilbert-torch":
                 built.append(our_provider(path, target, "torch", name))
+            elif name == "distilbert-plain" and target.type == "cpu":
+                built.append(our_provider(path, target, "torch", name, fused=False))
             elif name.startswith("transformers-"):
                 built.append(transformers_provider(path, target, name.split("-", 1)[1]))
             elif name == "sentence-transformers":
@@ -468,7 +488,7 @@ def run_suite(
                 provider = onnxruntime_provider(path, Path(work))
                 if provider is not None:
                     built.append(provider)
-            elif name != "onnxruntime":
+            elif name not in ("onnxruntime", "distilbert-plain"):
                 raise ValueError(f"unknown provider {name!r}")
         return _measure(built, path, target, workloads, corpus_size, rounds, Path(out_dir),
                         quick)

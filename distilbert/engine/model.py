@@ -86,12 +86,19 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.dim, 3 * config.dim)
         self.out_lin = nn.Linear(config.dim, config.dim)
 
+    def context(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, backend: str | None = None
+    ) -> torch.Tensor:
+        """(batch, seq, dim) to the attention output before ``out_lin``, (batch, seq, dim)."""
+        qkv = dispatch.linear(x, self.qkv.weight, self.qkv.bias, backend)
+        return dispatch.attention(qkv, key_mask, self.n_heads, None, backend)
+
     def forward(
         self, x: torch.Tensor, key_mask: torch.Tensor | None, backend: str | None = None
     ) -> torch.Tensor:
         """(batch, seq, dim) to (batch, seq, dim)."""
-        context = dispatch.attention(self.qkv(x), key_mask, self.n_heads, None, backend)
-        return self.out_lin(context)
+        context = self.context(x, key_mask, backend)
+        return dispatch.linear(context, self.out_lin.weight, self.out_lin.bias, backend)
 
 
 class FFN(nn.Module):
@@ -103,14 +110,16 @@ class FFN(nn.Module):
         self.lin1 = nn.Linear(config.dim, config.hidden_dim)
         self.lin2 = nn.Linear(config.hidden_dim, config.dim)
 
+    def hidden(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """(..., dim) to the activation of ``lin1``, (..., hidden_dim)."""
+        if self.activation == "gelu":
+            return dispatch.linear_gelu(x, self.lin1.weight, self.lin1.bias, backend)
+        return F.relu(dispatch.linear(x, self.lin1.weight, self.lin1.bias, backend))
+
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """(..., dim) to (..., dim)."""
-        h = F.linear(x, self.lin1.weight)
-        if self.activation == "gelu":
-            h = dispatch.bias_gelu(h, self.lin1.bias, backend)
-        else:
-            h = F.relu(h + self.lin1.bias)
-        return self.lin2(h)
+        return dispatch.linear(self.hidden(x, backend), self.lin2.weight, self.lin2.bias,
+                               backend)
 
 
 class TransformerBlock(nn.Module):
@@ -128,13 +137,17 @@ class TransformerBlock(nn.Module):
         self, x: torch.Tensor, key_mask: torch.Tensor | None, backend: str | None = None
     ) -> torch.Tensor:
         """One encoder layer over (batch, seq, dim)."""
-        norm = self.sa_layer_norm
-        x = dispatch.add_layer_norm(
-            self.attention(x, key_mask, backend), x, norm.weight, norm.bias, self.eps, backend
+        # Each output projection, its residual and the LayerNorm after it are one dispatch
+        # op, so that the CPU path can add the residual in the GEMM's store.
+        out_lin, norm = self.attention.out_lin, self.sa_layer_norm
+        x = dispatch.linear_add_layer_norm(
+            self.attention.context(x, key_mask, backend), out_lin.weight, out_lin.bias, x,
+            norm.weight, norm.bias, self.eps, backend,
         )
-        norm = self.output_layer_norm
-        return dispatch.add_layer_norm(
-            self.ffn(x, backend), x, norm.weight, norm.bias, self.eps, backend
+        lin2, norm = self.ffn.lin2, self.output_layer_norm
+        return dispatch.linear_add_layer_norm(
+            self.ffn.hidden(x, backend), lin2.weight, lin2.bias, x, norm.weight, norm.bias,
+            self.eps, backend,
         )
 
 

@@ -58,7 +58,7 @@ LAYOUTS = ("full", "right", "left", "scattered", "empty")
 # (rows, seq) per verification batch; each batch cycles through LAYOUTS row by row.
 DEFAULT_CASES = ((5, 13), (2, 1), (3, 40))
 FP32_ATOL = 1e-5
-FP32_RTOL = 1e-5
+FP32_RTOL = 0.0  # a flat 1e-5: the project's fp32 bar on every output, logits too
 FP16_MIN_COSINE = 0.9999
 # Op types kept in float32 by the fp16 conversion (on top of onnxruntime's own list).
 FP16_FP32_OPS = (

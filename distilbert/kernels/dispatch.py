@@ -11,6 +11,13 @@ Triton imports and the kernel supports the inputs (head dim, dtype), ``torch`` o
 logging the reason once. Asking for ``triton`` explicitly never falls back: inputs the
 kernels cannot take raise a clear error, and CPU tensors work only under the Triton
 interpreter (``TRITON_INTERPRET=1`` set before Triton is imported).
+
+The projections (``linear``, ``linear_gelu``, ``linear_add_layer_norm``) also pass through
+here. On the torch backend, for CPU tensors under ``torch.inference_mode()``, they run as
+oneDNN GEMMs with the bias, GELU or residual add fused into the store
+(:mod:`distilbert.kernels.onednn`); ``use_onednn(False)`` or ``DISTILBERT_ONEDNN=0`` turns
+that off. Anywhere else (autograd, export tracing, CUDA) they are ``F.linear`` followed by
+the ops above.
 """
 
 from __future__ import annotations
@@ -22,20 +29,26 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from distilbert.kernels import attention as _attention
 from distilbert.kernels import gelu as _gelu
 from distilbert.kernels import layernorm as _layernorm
+from distilbert.kernels import onednn as _onednn
 from distilbert.kernels._triton import FLOAT_DTYPES, HAS_TRITON, interpreter_active
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "triton")
 ENV_VAR = "DISTILBERT_BACKEND"
+ONEDNN_ENV_VAR = "DISTILBERT_ONEDNN"
 
 _logged: set[tuple[str, str]] = set()
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "distilbert_backend", default=None
+)
+_onednn_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "distilbert_onednn", default=None
 )
 
 
@@ -52,6 +65,24 @@ def use_backend(name: str | None) -> Iterator[None]:
         yield
     finally:
         _override.reset(token)
+
+
+@contextlib.contextmanager
+def use_onednn(enabled: bool) -> Iterator[None]:
+    """Allow (True) or forbid (False) the fused oneDNN projections inside the block."""
+    token = _onednn_override.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _onednn_override.reset(token)
+
+
+def onednn_enabled() -> bool:
+    """Whether the fused oneDNN projections may run: ``use_onednn``, else the environment."""
+    enabled = _onednn_override.get()
+    if enabled is None:
+        return os.environ.get(ONEDNN_ENV_VAR, "1").strip().lower() not in ("0", "false", "no")
+    return enabled
 
 
 def _log_once(key: str, message: str) -> None:
@@ -148,3 +179,52 @@ def bias_gelu(
     if _use_triton("bias_gelu", x.device, backend, _dtype_problem(x, bias)):
         return _gelu.bias_gelu_triton(x, bias)
     return _gelu.bias_gelu_ref(x, bias)
+
+
+def _fused_cpu_linear(x: torch.Tensor, weight: torch.Tensor, requested: str | None) -> bool:
+    """Whether a projection runs as one oneDNN call (torch backend, CPU, inference mode)."""
+    if not torch.is_inference_mode_enabled() or x.device.type != "cpu":
+        return False
+    if not onednn_enabled() or not _onednn.can_run(x, weight):
+        return False
+    return resolve_backend(x.device, requested) == "torch"
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None
+) -> torch.Tensor:
+    """``x @ weight.T + bias``."""
+    if _fused_cpu_linear(x, weight, backend):
+        return _onednn.linear_onednn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def linear_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None
+) -> torch.Tensor:
+    """Exact erf GELU of ``x @ weight.T + bias``; the bias add is fused with the GELU."""
+    if _fused_cpu_linear(x, weight, backend):
+        return _onednn.linear_onednn(x, weight, bias, "gelu")
+    return bias_gelu(F.linear(x, weight), bias, backend)
+
+
+def linear_add_layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``LayerNorm(x @ weight.T + bias + residual)``, eps used exactly.
+
+    On the fused CPU path the residual is added in the GEMM's store; elsewhere the add is
+    fused with the LayerNorm (:func:`add_layer_norm`).
+    """
+    if _fused_cpu_linear(x, weight, backend) and residual.is_contiguous():
+        h = _onednn.linear_add_onednn(x, weight, bias, residual)
+        return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
+    return add_layer_norm(F.linear(x, weight, bias), residual, norm_weight, norm_bias, eps,
+                          backend)

@@ -41,6 +41,9 @@ def can_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    if is_exporting is not None and is_exporting():
+        return False
     return onednn_available()
 
 

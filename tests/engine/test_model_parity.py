@@ -1,7 +1,9 @@
 """Our DistilBertModel against transformers in float32 on CPU, loaded from every layout.
 
 Hidden states must agree within 1e-5 on real tokens (padding positions are not compared:
-they carry no meaning and Hugging Face computes them differently).
+they carry no meaning and Hugging Face computes them differently). Every test runs twice:
+under ``no_grad`` (plain PyTorch projections) and under ``inference_mode``, where the CPU
+projections are fused oneDNN GEMMs.
 """
 
 from __future__ import annotations
@@ -12,18 +14,13 @@ import pytest
 import torch
 
 from distilbert import DistilBertModel
+from distilbert.kernels.dispatch import use_onednn
 from tests.checkpoints import FORMATS, write_checkpoint
 
 HIDDEN_ATOL = 1e-5
 FLOAT64_ATOL = 1e-10
-# Base-size checkpoints are written once per format; the prefix alternates so that both
-# spellings are also covered at full size.
-BASE_CASES = [
-    ("safetensors", None),
-    ("bin", "distilbert."),
-    ("sharded-safetensors", "distilbert."),
-    ("sharded-bin", None),
-]
+# Base-size checkpoints in every format, each with and without the ``distilbert.`` prefix.
+BASE_CASES = [(fmt, prefix) for fmt in FORMATS for prefix in (None, "distilbert.")]
 
 
 def padded_batch(seq: int, seed: int = 0, vocab: int = 30522):
@@ -56,6 +53,17 @@ def assert_close_on_real_tokens(ours, reference, mask, atol=HIDDEN_ATOL):
         where = bad.nonzero()[:5].tolist()
         pytest.fail(f"max abs diff {worst:.3g} > {atol:g} at {int(bad.sum())} elements, "
                     f"first (row, token, channel): {where}")
+
+
+@pytest.fixture(autouse=True, params=["plain", "fused"])
+def projection_path(request):
+    """Run the test with plain projections, then inside inference mode with fused ones."""
+    if request.param == "plain":
+        with use_onednn(False):
+            yield request.param
+    else:
+        with torch.inference_mode():
+            yield request.param
 
 
 @torch.no_grad()
@@ -102,11 +110,12 @@ def test_tiny_distilbert_every_layout(fmt, prefix, hf_checkpoint, tiny_distilber
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, prefix", BASE_CASES, ids=[f for f, _ in BASE_CASES])
+@pytest.mark.parametrize("fmt, prefix", BASE_CASES,
+                         ids=[f"{f}-{'prefixed' if p else 'bare'}" for f, p in BASE_CASES])
 def test_base_size_distilbert_every_format(fmt, prefix, hf_checkpoint, base_distilbert_hf):
     folder = hf_checkpoint(base_distilbert_hf, fmt, prefix, tokenizer=False)
     ids, mask = padded_batch(seq=12, seed=5)
-    ids, mask = ids[1:3], mask[1:3]  # batch 2: right- and left-padded
+    ids, mask = ids[1:], mask[1:]  # batch 3: right-, left- and scattered padding
 
     model = DistilBertModel.from_pretrained(folder)
 

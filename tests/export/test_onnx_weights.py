@@ -22,7 +22,7 @@ from distilbert.export import onnx as export
 from tests.export.conftest import HEAD_NAMES, hf_outputs
 
 ATOL = 1e-5
-RTOL = 1e-5
+RTOL = 0.0  # a flat 1e-5, as the export itself verifies
 CASES = ((5, 13), (3, 40))
 # (exporter, opset): opset 14 makes TorchScript decompose LayerNorm into primitive ops.
 EXPORTERS = [("torchscript", 14), ("torchscript", 17), ("dynamo", 18)]
