@@ -156,7 +156,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         )
     if not args.quiet:
         print(
-            f"wrote {summary.rows} embeddings of dim {summary.dim} to {summary.output} "
+            f"wrote {summary.rows} embedding{'' if summary.rows == 1 else 's'} of dim "
+            f"{summary.dim} to {summary.output} "
             f"in {summary.seconds:.1f} s ({summary.texts_per_second:.0f} texts/s)",
             file=sys.stderr,
         )
@@ -204,7 +205,8 @@ def _run_task(args: argparse.Namespace, task: str, job: Callable, second_column=
                       max_length=args.max_length, chunk_size=args.chunk_size,
                       progress=bar.update, **options)
     if not args.quiet:
-        print(f"wrote {summary.rows} records to {summary.output} in {summary.seconds:.1f} s "
+        records = "record" if summary.rows == 1 else "records"
+        print(f"wrote {summary.rows} {records} to {summary.output} in {summary.seconds:.1f} s "
               f"({summary.texts_per_second:.0f} texts/s)", file=sys.stderr)
     return EXIT_OK
 

@@ -147,7 +147,10 @@ def _decode_line(raw: bytes, number: int, path: Path) -> str:
 
 
 def _describe(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__}, not text"
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}, not text"
 
 
 class TxtReader(TextReader):
@@ -242,7 +245,7 @@ class CsvReader(TextReader):
         lines = (
             _decode_line(raw, number, self.path) + "\n" for number, raw in _binary_lines(handle)
         )
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, strict=True)  # an unterminated quote is an error
         try:
             for fields in reader:
                 yield reader.line_num, fields

@@ -179,6 +179,16 @@ def test_progress_bar_and_summary_go_to_stderr(tmp_path, capsys):
     assert f"wrote 3 embeddings of dim 384 to {output}" in captured.err
 
 
+def test_summary_of_one_text_is_singular(tmp_path, capsys):
+    source = tmp_path / "one.txt"
+    source.write_text("Just one line.\n", encoding="utf-8")
+    output = tmp_path / "one.npy"
+
+    assert cli.main(["embed", str(source), "-o", str(output)]) == 0
+
+    assert f"wrote 1 embedding of dim 384 to {output}" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_command(tmp_path, reference):
     source = write_input(tmp_path, ".csv", TEXTS[:3])
     output = tmp_path / "out.jsonl"

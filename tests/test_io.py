@@ -178,7 +178,7 @@ def test_jsonl_unknown_column_names_the_columns_found(tmp_path):
 
 @pytest.mark.parametrize(
     "record, problem",
-    [({"text": None}, "null"), ({"text": 3}, "a int, not text"), (["a"], "not an object")],
+    [({"text": None}, "null"), ({"text": 3}, "an int, not text"), (["a"], "not an object")],
 )
 def test_jsonl_value_that_is_not_text_names_the_line(tmp_path, record, problem):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, record])
@@ -208,6 +208,14 @@ def test_csv_short_row_names_the_line(tmp_path):
     path.write_text("id,text\n1,hello\n2\n", encoding="utf-8")
 
     with pytest.raises(io.InputError, match="line 3 has 1 fields and no value for column 'text'"):
+        read_all(io.open_reader(path))
+
+
+def test_csv_unterminated_quote_names_the_line(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('text\nfine\n"never closed\nstill inside\n', encoding="utf-8")
+
+    with pytest.raises(io.InputError, match="line 4: unexpected end of data"):
         read_all(io.open_reader(path))
 
 

@@ -34,7 +34,7 @@ import copy
 import json
 import logging
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -264,9 +264,10 @@ def export_onnx(
 
 
 def _temporary_path(path: Path) -> Path:
-    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
-    os.close(handle)
-    return Path(name)
+    # Exclusive create with the usual permissions (mkstemp's would leave the file 0600).
+    name = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.onnx")
+    open(name, "xb").close()
+    return name
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:

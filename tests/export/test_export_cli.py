@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -26,6 +28,10 @@ def test_export_onnx_writes_every_verified_file(tiny_distilbert_folder, tiny_dis
     for path in written:
         assert f"wrote {path} (" in stderr
     assert "base, opset 18, int32 ids" in stderr and "SkipLayerNormalization" in stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in written:  # the permissions any new file gets, not a temporary file's 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
     # The main file is the transformers model in ONNX form.
     run = export.onnxruntime_runner(out)
