@@ -142,14 +142,20 @@ def interleaved_times(
     calls: dict[str, Callable[[], object]], rounds: int, device: torch.device,
     min_seconds: float = 0.0,
 ) -> dict[str, list[float]]:
-    """Time each call once per round, providers interleaved; at least ``rounds`` rounds."""
+    """Time each call once per round, providers interleaved; at least ``rounds`` rounds.
+
+    Each round starts one provider further along, so that no provider always runs right
+    after the same other one (whose worker threads may still be winding down).
+    """
     for call in calls.values():  # warm-up: first-call allocations, lazy init
         call()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     start = time.perf_counter()
     done = 0
     while done < rounds or time.perf_counter() - start < min_seconds:
-        for name, call in calls.items():
+        for name in names[done % len(names):] + names[:done % len(names)]:
+            call = calls[name]
             _sync(device)
             begin = time.perf_counter()
             call()
@@ -418,6 +424,9 @@ def onnxruntime_provider(path, work_dir: Path) -> Provider | None:
     onnx_export.export_onnx(embedder.model, onnx_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # ORT's idle workers spin for a while after each run, stealing the cores from whichever
+    # provider runs next in an interleaved round; with them off every provider starts alike.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     input_names = {i.name for i in session.get_inputs()}

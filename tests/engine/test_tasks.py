@@ -321,6 +321,72 @@ def test_answer_spans_stay_inside_tricky_contexts(align_to_words, qa_model):
                     assert " " not in answer["answer"]
 
 
+class PlantedLogits(torch.nn.Module):
+    """A stand-in QA head that returns chosen logits for each window, found by its ids."""
+
+    def __init__(self, head, windows):
+        super().__init__()
+        self.config, self.head = head.config, head
+        self.windows = windows  # {tuple of real ids: (start logits, end logits)}
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask, **_):
+        start = torch.full(input_ids.shape, -1e4)
+        end = start.clone()
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
+            planted_start, planted_end = self.windows[tuple(ids[mask.bool()].tolist())]
+            start[row, :len(planted_start)] = torch.from_numpy(planted_start)
+            end[row, :len(planted_end)] = torch.from_numpy(planted_end)
+        return start, end
+
+
+def brute_force_answers(encoded, logits, cls_id, max_answer_length, top_k):
+    """Every valid token span of every window, scored as the pipeline scores it."""
+    best: dict[tuple[int, int], float] = {}
+    for row, (start_logits, end_logits) in enumerate(logits):
+        ids = encoded.input_ids[row, :len(start_logits)].tolist()
+        context = [s == 1 for s in encoded.sequence_ids[row]]
+        keep = [c or i == cls_id for c, i in zip(context, ids)]
+        start_probs = np.where(keep, np.exp(start_logits), 0.0)
+        end_probs = np.where(keep, np.exp(end_logits), 0.0)
+        start_probs, end_probs = start_probs / start_probs.sum(), end_probs / end_probs.sum()
+        for s, e in itertools.product(range(len(ids)), repeat=2):
+            if context[s] and context[e] and s <= e < s + max_answer_length:
+                span = (encoded.offsets[row][s][0], encoded.offsets[row][e][1])
+                best[span] = max(best.get(span, 0.0), start_probs[s] * end_probs[e])
+    return sorted(best.items(), key=lambda item: -item[1])[:top_k]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_answer_decodes_planted_logits_like_brute_force(seed, qa_model, english_sentences):
+    _, folder = qa_model
+    answerer = QuestionAnswerer.from_pretrained(folder, device="cpu")
+    question, context = "What happens?", " ".join(english_sentences[40:46])
+    encoded = answerer.tokenizer(question, context, truncation="only_second", max_length=48,
+                                 stride=16, return_overflowing=True)
+    assert len(encoded) >= 3, "the context should need several windows"
+    rng = np.random.default_rng(seed)
+    logits, windows = [], {}
+    for row in range(len(encoded)):
+        length = len(encoded.offsets[row])
+        pair = (3 * rng.standard_normal(length), 3 * rng.standard_normal(length))
+        logits.append(pair)
+        windows[tuple(encoded.input_ids[row, :length].tolist())] = pair
+    answerer.model = PlantedLogits(answerer.model, windows)
+
+    ours = answerer.answer(question, context, max_length=48, stride=16, top_k=5,
+                           max_answer_length=7, align_to_words=False, batch_size=2)
+
+    expected = brute_force_answers(encoded, logits, answerer.tokenizer.cls_token_id, 7, 5)
+    assert [(a["start"], a["end"]) for a in ours] == [span for span, _ in expected]
+    assert [a["score"] for a in ours] == pytest.approx([p for _, p in expected], rel=1e-6)
+    for answer in ours:
+        assert answer["answer"] == context[answer["start"]:answer["end"]]
+
+
 def test_answer_rejects_bad_arguments(qa_model):
     _, folder = qa_model
     answerer = QuestionAnswerer.from_pretrained(folder, device="cpu")
