@@ -205,9 +205,6 @@ class DistilBertModel(nn.Module):
         ``token_type_ids``.
         """
         self.check_inputs(input_ids, attention_mask)
-        if attention_mask is not None and input_ids.device.type == "cpu" and \
-                bool(attention_mask.all()):
-            attention_mask = None  # no padding: attention runs its unmasked kernel
         x = self.embeddings(input_ids, token_type_ids, backend=self.backend)
         for block in self.transformer.layer:
             x = block(x, attention_mask, self.backend)
