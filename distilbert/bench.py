@@ -330,6 +330,7 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullLocator
     except ImportError:
         logger.warning("matplotlib is not installed: no plot written")
         return
@@ -342,6 +343,10 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
                       label=name)
     left.set(xscale="log", yscale="log", xlabel="sequence length (batch 1)",
              ylabel="median latency (ms)", title="Latency")
+    seqs = sorted({r.seq for r in rows if r.workload == "latency"})
+    if seqs:  # label the measured lengths only; log-axis minor labels overlap
+        left.set_xticks(seqs, [str(s) for s in seqs])
+        left.xaxis.set_minor_locator(NullLocator())
     left.legend()
     bars = [r for r in rows if r.workload in ("throughput", "embed")]
     labels = list(dict.fromkeys(f"{r.workload}\n{r.batch}x{r.seq}" for r in bars))
