@@ -106,12 +106,28 @@ def test_head_matches_transformers(name, fmt, prefix, tiny_heads, hf_checkpoint)
     folder = hf_checkpoint(hf_model, fmt, prefix=prefix, tokenizer=False)
     model = HEAD_CLASSES[name].from_pretrained(folder)
     ids, mask = inputs_for(name)
-    with torch.no_grad():
-        ours = model(ids, mask)
-    assert_logits_close(ours, reference_logits(hf_model, ids, mask), mask)
+    reference = reference_logits(hf_model, ids, mask)
+    for ours in head_outputs(model, ids, mask):
+        assert_logits_close(ours, reference, mask)
     if name in ("DistilBertForSequenceClassification", "DistilBertForTokenClassification"):
         assert model.id2label == LABELS
         assert model.config.label2id == {v: k for k, v in LABELS.items()}
+
+
+def head_outputs(model, ids, mask):
+    """The head's outputs with plain projections (no_grad) and fused ones (inference mode)."""
+    with torch.no_grad():
+        plain = model(ids, mask)
+    with torch.inference_mode():
+        fused = model(ids, mask)
+    return plain, fused
+
+
+# Full-size heads, one checkpoint each: together they cover every format and both prefixes.
+FULL_SIZE_LAYOUTS = dict(zip(HEAD_CLASSES, [
+    ("safetensors", None), ("bin", "distilbert."), ("sharded-safetensors", None),
+    ("sharded-bin", "distilbert."), ("safetensors", "distilbert."),
+]))
 
 
 def full_size_hf_head(name: str, encoder, seed: int):
@@ -152,13 +168,14 @@ def test_full_size_head_matches_transformers(name, base_distilbert_hf, tmp_path)
 
     hf_model = full_size_hf_head(name, base_distilbert_hf, seed=7)
     drop = ("vocab_projector.weight",) if name == "DistilBertForMaskedLM" else ()
-    write_checkpoint(hf_model, tmp_path, "safetensors", drop=drop)
+    fmt, prefix = FULL_SIZE_LAYOUTS[name]
+    write_checkpoint(hf_model, tmp_path, fmt, prefix, drop=drop)
     model = HEAD_CLASSES[name].from_pretrained(tmp_path)
     assert model.config.dim == 768 and model.config.n_layers == 6
     ids, mask = inputs_for(name, seq=9, seed=3)
-    with torch.no_grad():
-        ours = model(ids, mask)
-    assert_logits_close(ours, reference_logits(hf_model, ids, mask), mask)
+    reference = reference_logits(hf_model, ids, mask)
+    for ours in head_outputs(model, ids, mask):
+        assert_logits_close(ours, reference, mask)
 
 
 def test_masked_lm_ties_projector_when_checkpoint_leaves_it_out(tiny_heads, hf_checkpoint):
