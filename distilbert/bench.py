@@ -25,9 +25,9 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -199,7 +199,8 @@ def forward_workloads(providers: list[Provider], config, device, ours: str,
         if seq > config.max_position_embeddings:
             continue
         ids, mask = random_inputs(config, batch, seq, device)
-        calls = {p.name: (lambda f=p.forward: f(ids, mask)) for p in providers if p.forward}
+        calls = {p.name: (lambda f=p.forward, ids=ids, mask=mask: f(ids, mask))
+                 for p in providers if p.forward}
         with torch.inference_mode():
             times = interleaved_times(calls, rounds, device, min_seconds=1.0)
         rows += summarise(workload, times, batch, seq, batch, batch * seq,
@@ -213,8 +214,8 @@ def embed_workload(providers: list[Provider], texts: Sequence[str], token_counts
     """Texts per second of each provider's embedding call on the same real corpus."""
     calls = {p.name: (lambda f=p.embed: f(texts)) for p in providers if p.embed}
     times = interleaved_times(calls, rounds, device)
-    flops = encoder_flops(config, len(texts), int(round(mean_len)))
-    return summarise("embed", times, len(texts), int(round(mean_len)), len(texts),
+    flops = encoder_flops(config, len(texts), round(mean_len))
+    return summarise("embed", times, len(texts), round(mean_len), len(texts),
                      token_counts, flops, ours)
 
 
@@ -278,8 +279,7 @@ def write_results(rows: list[Row], memory: dict, agreement: dict, context: dict,
     names = ["workload", "provider", "batch", "seq", "median_s", "p10_s", "p90_s",
              "items_per_s", "tokens_per_s", "gflops", "ratio_vs_ours"]
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        for key, value in context.items():
-            handle.write(f"# {key}: {value}\n")
+        handle.writelines(f"# {key}: {value}\n" for key, value in context.items())
         handle.write(f"# matmul_peak_gflops: {peak_gflops:.1f}\n")
         writer = csv.writer(handle)
         writer.writerow(names)
@@ -298,8 +298,8 @@ def markdown_report(rows, memory, agreement, context, peak_gflops) -> str:
     """The tables the README shows."""
     lines = ["Context: " + ", ".join(f"{k} {v}" for k, v in context.items()), "",
              f"Fastest fp32 GEMM on the model's FFN shape here: {peak_gflops:.1f} GFLOP/s.", ""]
-    lines += ["| workload | batch x seq | provider | median ms | p10-p90 ms | items/s | "
-              "tokens/s | GFLOP/s | % of GEMM peak | time vs ours |",
+    lines += [("| workload | batch x seq | provider | median ms | p10-p90 ms | items/s | "
+               "tokens/s | GFLOP/s | % of GEMM peak | time vs ours |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         share = 100 * r.gflops / peak_gflops if peak_gflops and r.gflops == r.gflops else 0
@@ -309,8 +309,8 @@ def markdown_report(rows, memory, agreement, context, peak_gflops) -> str:
             f"{r.tokens_per_s:.0f} | {r.gflops:.1f} | {share:.0f}% | {r.ratio_vs_ours:.2f}x |")
     if memory:
         ours = next(iter(memory.values()))
-        lines += ["", f"Memory of one forward at batch x seq {MEMORY_SHAPE[0]} x "
-                  f"{MEMORY_SHAPE[1]}:", "",
+        batch, seq = MEMORY_SHAPE
+        lines += ["", f"Memory of one forward at batch x seq {batch} x {seq}:", "",
                   "| provider | allocations | allocated MiB | peak MiB | allocations vs ours |",
                   "|---|---|---|---|---|"]
         for name, m in memory.items():

@@ -78,7 +78,7 @@ class DistilBertConfig:
         return len(self.id2label)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "DistilBertConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> DistilBertConfig:
         """Build from a ``config.json`` dictionary of either family."""
         model_type = raw.get("model_type", "distilbert")
         if model_type not in ("distilbert", "bert"):
@@ -100,7 +100,7 @@ class DistilBertConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "DistilBertConfig":
+    def from_pretrained(cls, path: str | Path) -> DistilBertConfig:
         """Read ``config.json`` from a checkpoint folder (or the file itself)."""
         path = Path(path)
         file = path / "config.json" if path.is_dir() else path

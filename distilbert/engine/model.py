@@ -228,7 +228,7 @@ class DistilBertModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         backend: str | None = None,
-    ) -> "DistilBertModel":
+    ) -> DistilBertModel:
         """Load a local checkpoint folder (safetensors, .bin, sharded; any key prefix)."""
         from distilbert.engine import checkpoint
 
