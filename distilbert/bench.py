@@ -6,14 +6,18 @@ a noisy machine hits all of them alike. Ratios are taken per round, then summari
 
 Workloads:
 - ``latency``: batch 1, sequence 16 to 512, random ids.
-- ``throughput``: fixed batch x sequence grid, random ids.
+- ``throughput``: fixed batch x sequence grid, random ids (a larger grid on CUDA: batch up
+  to 256, sequence up to 512).
 - ``embed``: the batch-embedding job on real mixed-length text (Python's help topics),
   each provider through its own public embedding call.
 - ``memory``: allocations (count, bytes) and peak bytes of one forward, from
   ``torch.profiler`` with ``profile_memory=True`` (CUDA: ``torch.cuda.memory_stats``).
 
 Efficiency: a FLOP model of the encoder gives effective GFLOP/s, shown beside the fastest
-fp32 GEMM rate this machine reaches on the model's own shapes.
+GEMM rate this machine reaches on the model's own FFN shape in the suite's dtype.
+
+Dtypes: float32 everywhere; float16 and bfloat16 for the torch providers (onnxruntime runs
+only in float32 on CPU and is left out otherwise).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 LATENCY_SEQS = (16, 32, 64, 128, 256, 512)
 THROUGHPUT_GRID = ((8, 128), (32, 64), (64, 32), (16, 256))
+THROUGHPUT_GRID_CUDA = ((32, 128), (128, 128), (256, 128), (32, 512), (128, 512), (256, 512))
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MEMORY_SHAPE = (32, 128)
 
 
@@ -112,22 +118,29 @@ def encoder_flops(config, batch: int, seq: int) -> float:
     return float(layers * (dense + attention))
 
 
-def matmul_peak_gflops(config, tokens: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GEMM rate on the model's FFN shape, over the GEMM paths this build has."""
+def matmul_peak_gflops(config, tokens: int = 2048, repeats: int = 5,
+                       device: torch.device | None = None,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate on the model's FFN shape, over the GEMM paths this build has."""
     from distilbert.kernels.onednn import linear_onednn, onednn_available
 
-    x = torch.randn(tokens, config.dim)
-    w = torch.randn(config.hidden_dim, config.dim)
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        tokens, repeats = 16384, 20  # enough work to fill the GPU
+    x = torch.randn(tokens, config.dim, device=device, dtype=dtype)
+    w = torch.randn(config.hidden_dim, config.dim, device=device, dtype=dtype)
     paths = [lambda: torch.nn.functional.linear(x, w)]
-    if onednn_available():
+    if device.type == "cpu" and dtype != torch.float16 and onednn_available():
         paths.append(lambda: linear_onednn(x, w, None))
     best = 0.0
     with torch.inference_mode():
         for path in paths:
             path()
+            _sync(device)
             start = time.perf_counter()
             for _ in range(repeats):
                 path()
+            _sync(device)
             seconds = (time.perf_counter() - start) / repeats
             best = max(best, 2 * tokens * config.dim * config.hidden_dim / seconds / 1e9)
     return best
@@ -296,8 +309,10 @@ def write_results(rows: list[Row], memory: dict, agreement: dict, context: dict,
 
 def markdown_report(rows, memory, agreement, context, peak_gflops) -> str:
     """The tables the README shows."""
+    dtype = context.get("dtype", "float32")
     lines = ["Context: " + ", ".join(f"{k} {v}" for k, v in context.items()), "",
-             f"Fastest fp32 GEMM on the model's FFN shape here: {peak_gflops:.1f} GFLOP/s.", ""]
+             f"Fastest {dtype} GEMM on the model's FFN shape here: {peak_gflops:.1f} GFLOP/s.",
+             ""]
     lines += [("| workload | batch x seq | provider | median ms | p10-p90 ms | items/s | "
                "tokens/s | GFLOP/s | % of GEMM peak | time vs ours |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -366,7 +381,8 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
     plt.close(figure)
 
 
-def our_provider(path, device, backend: str | None, name: str, fused: bool = True) -> Provider:
+def our_provider(path, device, backend: str | None, name: str, fused: bool = True,
+                 dtype: torch.dtype = torch.float32) -> Provider:
     """This engine through its public API: ``load()`` and ``Embedder.embed``.
 
     ``fused=False`` turns off the fused oneDNN projections of the CPU path, to show their
@@ -377,7 +393,7 @@ def our_provider(path, device, backend: str | None, name: str, fused: bool = Tru
     from distilbert.engine.embedder import load
     from distilbert.kernels.dispatch import use_onednn
 
-    embedder = load(path, device=device, backend=backend)
+    embedder = load(path, device=device, backend=backend, dtype=dtype)
 
     def scope():
         return contextlib.nullcontext() if fused else use_onednn(False)
@@ -393,21 +409,23 @@ def our_provider(path, device, backend: str | None, name: str, fused: bool = Tru
     return Provider(name, forward, embed, embedder.model)
 
 
-def transformers_provider(path, device, attention: str) -> Provider:
+def transformers_provider(path, device, attention: str,
+                          dtype: torch.dtype = torch.float32) -> Provider:
     """A transformers ``AutoModel`` with the given attention implementation (forward only)."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(path), attn_implementation=attention)
-    model = model.to(device).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     return Provider(f"transformers-{attention}",
                     lambda ids, mask: model(input_ids=ids, attention_mask=mask), None, model)
 
 
-def sentence_transformers_provider(path, device, batch_size: int = 32) -> Provider:
+def sentence_transformers_provider(path, device, batch_size: int = 32,
+                                   dtype: torch.dtype = torch.float32) -> Provider:
     """sentence-transformers' ``encode`` (its own length sorting and batching)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(path), device=str(device))
+    model = SentenceTransformer(str(path), device=str(device)).to(dtype)
     return Provider("sentence-transformers", None,
                     lambda texts: model.encode(list(texts), batch_size=batch_size,
                                                convert_to_numpy=True,
@@ -477,48 +495,63 @@ def run_suite(
     rounds: int = 3,
     out_dir: str | Path = "benchmarks/results",
     quick: bool = False,
+    dtype: str = "float32",
 ) -> dict:
-    """Run the chosen workloads for the chosen providers; write CSV, markdown and plot."""
+    """Run the chosen workloads for the chosen providers; write CSV, markdown and plot.
+
+    ``dtype`` is ``float32``, ``float16`` or ``bfloat16``; files are named
+    ``bench_<device>.*``, with ``_<dtype>`` added for the low-precision dtypes.
+    """
     import tempfile
 
     from distilbert.engine.embedder import default_model_path, resolve_device
 
-    target = resolve_device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    target, torch_dtype = resolve_device(device), DTYPES[dtype]
     path = Path(model_path) if model_path else default_model_path()
     built: list[Provider] = []
     with tempfile.TemporaryDirectory() as work:
         for name in providers:
             if name == "distilbert":
-                built.append(our_provider(path, target, None, name))
+                built.append(our_provider(path, target, None, name, dtype=torch_dtype))
             elif name == "distilbert-torch":
-                built.append(our_provider(path, target, "torch", name))
+                built.append(our_provider(path, target, "torch", name, dtype=torch_dtype))
             elif name == "distilbert-plain" and target.type == "cpu":
-                built.append(our_provider(path, target, "torch", name, fused=False))
+                built.append(our_provider(path, target, "torch", name, fused=False,
+                                          dtype=torch_dtype))
             elif name.startswith("transformers-"):
-                built.append(transformers_provider(path, target, name.split("-", 1)[1]))
+                built.append(transformers_provider(path, target, name.split("-", 1)[1],
+                                                   torch_dtype))
             elif name == "sentence-transformers":
-                built.append(sentence_transformers_provider(path, target))
-            elif name == "onnxruntime" and target.type == "cpu":
+                built.append(sentence_transformers_provider(path, target, dtype=torch_dtype))
+            elif name == "onnxruntime" and target.type == "cpu" and dtype == "float32":
                 provider = onnxruntime_provider(path, Path(work))
                 if provider is not None:
                     built.append(provider)
             elif name not in ("onnxruntime", "distilbert-plain"):
                 raise ValueError(f"unknown provider {name!r}")
-        return _measure(built, path, target, workloads, corpus_size, rounds, Path(out_dir),
-                        quick)
+        if not built:
+            raise ValueError(f"none of the providers {', '.join(providers)} runs on "
+                             f"{target.type} in {dtype}")
+        return _measure(built, path, target, torch_dtype, workloads, corpus_size, rounds,
+                        Path(out_dir), quick)
 
 
-def _measure(built, path, target, workloads, corpus_size, rounds, out_dir, quick) -> dict:
+def _measure(built, path, target, dtype, workloads, corpus_size, rounds, out_dir,
+             quick) -> dict:
     from distilbert.demo import corpus_sentences
     from distilbert.engine.config import DistilBertConfig
 
     config = DistilBertConfig.from_pretrained(path)
     ours = built[0].name
-    context = machine_context(target)
-    peak = matmul_peak_gflops(config) if target.type == "cpu" else float("nan")
+    dtype_name = str(dtype).removeprefix("torch.")
+    context = {**machine_context(target), "dtype": dtype_name}
+    peak = matmul_peak_gflops(config, device=target, dtype=dtype)
     rows: list[Row] = []
     seqs = LATENCY_SEQS[:3] if quick else LATENCY_SEQS
-    grid = THROUGHPUT_GRID[:2] if quick else THROUGHPUT_GRID
+    full_grid = THROUGHPUT_GRID_CUDA if target.type == "cuda" else THROUGHPUT_GRID
+    grid = full_grid[:2] if quick else full_grid
     if "latency" in workloads or "throughput" in workloads:
         rows += forward_workloads(built, config, target, ours,
                                   seqs if "latency" in workloads else (),
@@ -528,7 +561,7 @@ def _measure(built, path, target, workloads, corpus_size, rounds, out_dir, quick
         texts = corpus_sentences(corpus_size)
         if len(texts) < corpus_size:
             logger.warning("corpus has only %d texts (asked for %d)", len(texts), corpus_size)
-        counts = built[0].torch_module is not None and _token_counts(path, texts)
+        counts = _token_counts(path, texts)
         rows += embed_workload(built, texts, counts[0], config, counts[1], target, ours,
                                rounds)
         agreement = embedding_agreement(built, texts[:256], ours)
@@ -536,7 +569,7 @@ def _measure(built, path, target, workloads, corpus_size, rounds, out_dir, quick
     if "memory" in workloads:
         memory = {p.name: memory_of_forward(p, config, target) for p in built
                   if p.torch_module is not None}
-    tag = f"{target.type}"
+    tag = target.type if dtype == torch.float32 else f"{target.type}_{dtype_name}"
     files = write_results(rows, memory, agreement, context, peak, out_dir, tag)
     return {"rows": rows, "memory": memory, "agreement": agreement, "context": context,
             "matmul_peak_gflops": peak, "files": files}

@@ -426,6 +426,9 @@ def _add_bench_parser(subparsers) -> None:
                         metavar="N", help="timed rounds per shape at least (default: %(default)s)")
     parser.add_argument("--out", default=str(_SUITE_DEFAULTS["out_dir"]), metavar="DIR",
                         help="results folder (default: %(default)s)")
+    parser.add_argument("--dtype", choices=tuple(bench.DTYPES), default=_SUITE_DEFAULTS["dtype"],
+                        help="parameter and activation dtype of every torch provider "
+                        "(default: %(default)s; onnxruntime runs in float32 only)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer latency and throughput shapes")
 
@@ -435,7 +438,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     result = bench.run_suite(
         model_path=args.model, device=args.device, workloads=args.workloads,
         providers=args.providers, corpus_size=args.corpus_size, rounds=args.rounds,
-        out_dir=args.out, quick=args.quick,
+        out_dir=args.out, quick=args.quick, dtype=args.dtype,
     )
     files = {kind: Path(path) for kind, path in result["files"].items()}
     if not args.quiet:

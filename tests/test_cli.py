@@ -331,6 +331,20 @@ def test_bench_writes_its_files_and_prints_the_report(tmp_path, capsys):
     assert int(rows[0][1]) > 0
 
 
+def test_bench_in_bfloat16_names_its_files_and_dtype(tmp_path, capsys):
+    out = tmp_path / "results"
+
+    status = cli.main(["bench", "--quick", "--workloads", "memory", "--dtype", "bfloat16",
+                       "--providers", "distilbert", "--out", str(out)])
+
+    assert status == 0
+    report = (out / "bench_cpu_bfloat16.md").read_text(encoding="utf-8")
+    assert "dtype bfloat16" in report and "Fastest bfloat16 GEMM" in report
+    assert (out / "bench_cpu_bfloat16.csv").read_text(encoding="utf-8").count(
+        "# dtype: bfloat16") == 1
+    assert not (out / "bench_cpu.md").exists()
+
+
 def test_bench_refuses_an_unknown_workload(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["bench", "--workloads", "memory,speed"])
