@@ -189,6 +189,18 @@ def test_summary_of_one_text_is_singular(tmp_path, capsys):
     assert f"wrote 1 embedding of dim 384 to {output}" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_bad_argument(tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n", encoding="utf-8")
+
+    status = cli.main(["embed", str(source), "-o", str(tmp_path / "out.npy"), "--device", "cuda"])
+
+    assert status == cli.EXIT_BAD_INPUT
+    assert "device 'cuda' was asked for but no CUDA device is available" in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()
+
+
 def test_python_dash_m_runs_the_command(tmp_path, reference):
     source = write_input(tmp_path, ".csv", TEXTS[:3])
     output = tmp_path / "out.jsonl"

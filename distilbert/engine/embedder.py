@@ -41,7 +41,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
     return device
 
 
