@@ -233,10 +233,20 @@ def embed_workload(providers: list[Provider], texts: Sequence[str], token_counts
 
 
 def embedding_agreement(providers: list[Provider], texts: Sequence[str], ours: str) -> dict:
-    """Max abs difference of each provider's embeddings from ours on the same texts."""
-    reference = next(p for p in providers if p.name == ours).embed(texts)
-    return {p.name: float(np.abs(p.embed(texts) - reference).max())
-            for p in providers if p.embed and p.name != ours}
+    """Each provider's embeddings against ours on the same texts.
+
+    ``{name: {"max_abs": largest difference, "min_cosine": lowest cosine of a text}}``.
+    """
+    reference = next(p for p in providers if p.name == ours).embed(texts).astype(np.float64)
+    agreement = {}
+    for provider in providers:
+        if provider.embed and provider.name != ours:
+            got = provider.embed(texts).astype(np.float64)
+            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
+            cosine = (got * reference).sum(axis=1) / np.maximum(norms, 1e-30)
+            agreement[provider.name] = {"max_abs": float(np.abs(got - reference).max()),
+                                        "min_cosine": float(cosine.min())}
+    return agreement
 
 
 def memory_of_forward(provider: Provider, config, device) -> dict:
@@ -334,7 +344,9 @@ def markdown_report(rows, memory, agreement, context, peak_gflops) -> str:
                 f"{m['peak_bytes'] / 2**20:.1f} | {m['allocs'] / max(ours['allocs'], 1):.2f}x |")
     if agreement:
         lines += ["", "Max abs difference of embeddings from ours: "
-                  + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items())]
+                  + ", ".join(f"{k} {v['max_abs']:.2e}" for k, v in agreement.items()),
+                  "", "Lowest cosine of a text's embedding against ours: "
+                  + ", ".join(f"{k} {v['min_cosine']:.6f}" for k, v in agreement.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -362,7 +374,7 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
     if seqs:  # label the measured lengths only; log-axis minor labels overlap
         left.set_xticks(seqs, [str(s) for s in seqs])
         left.xaxis.set_minor_locator(NullLocator())
-    left.legend()
+        left.legend()
     bars = [r for r in rows if r.workload in ("throughput", "embed")]
     labels = list(dict.fromkeys(f"{r.workload}\n{r.batch}x{r.seq}" for r in bars))
     width = 0.8 / max(len(providers), 1)
@@ -382,18 +394,18 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
 
 
 def our_provider(path, device, backend: str | None, name: str, fused: bool = True,
-                 dtype: torch.dtype = torch.float32) -> Provider:
+                 dtype: torch.dtype = torch.float32, int8: bool = False) -> Provider:
     """This engine through its public API: ``load()`` and ``Embedder.embed``.
 
     ``fused=False`` turns off the fused oneDNN projections of the CPU path, to show their
-    share of the speed.
+    share of the speed; ``int8=True`` is the opt-in int8 mode.
     """
     import contextlib
 
     from distilbert.engine.embedder import load
     from distilbert.kernels.dispatch import use_onednn
 
-    embedder = load(path, device=device, backend=backend, dtype=dtype)
+    embedder = load(path, device=device, backend=backend, dtype=dtype, int8=int8)
 
     def scope():
         return contextlib.nullcontext() if fused else use_onednn(False)
@@ -489,7 +501,7 @@ def run_suite(
     device: str = "cpu",
     workloads: Sequence[str] = ("latency", "throughput", "embed", "memory"),
     providers: Sequence[str] = ("distilbert", "distilbert-torch", "distilbert-plain",
-                                "transformers-eager", "transformers-sdpa",
+                                "distilbert-int8", "transformers-eager", "transformers-sdpa",
                                 "sentence-transformers", "onnxruntime"),
     corpus_size: int = 2000,
     rounds: int = 3,
@@ -520,6 +532,8 @@ def run_suite(
             elif name == "distilbert-plain" and target.type == "cpu":
                 built.append(our_provider(path, target, "torch", name, fused=False,
                                           dtype=torch_dtype))
+            elif name == "distilbert-int8" and target.type == "cpu" and dtype == "float32":
+                built.append(our_provider(path, target, "torch", name, int8=True))
             elif name.startswith("transformers-"):
                 built.append(transformers_provider(path, target, name.split("-", 1)[1],
                                                    torch_dtype))
@@ -529,7 +543,7 @@ def run_suite(
                 provider = onnxruntime_provider(path, Path(work))
                 if provider is not None:
                     built.append(provider)
-            elif name not in ("onnxruntime", "distilbert-plain"):
+            elif name not in ("onnxruntime", "distilbert-plain", "distilbert-int8"):
                 raise ValueError(f"unknown provider {name!r}")
         if not built:
             raise ValueError(f"none of the providers {', '.join(providers)} runs on "

@@ -179,6 +179,19 @@ def test_progress_bar_and_summary_go_to_stderr(tmp_path, capsys):
     assert f"wrote 3 embeddings of dim 384 to {output}" in captured.err
 
 
+def test_int8_embed_writes_vectors_near_float32(tmp_path, reference):
+    source = tmp_path / "in.txt"
+    texts = ["The cat sat on the mat.", "Numbers are immutable objects.", "Hello there!"]
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    output = tmp_path / "out.npy"
+
+    assert cli.main(["embed", str(source), "-o", str(output), "--int8", "-q"]) == 0
+
+    vectors = np.load(output)
+    assert vectors.shape == (3, 384)
+    assert ((vectors * reference.embed(texts)).sum(axis=1) >= 0.97).all()  # see test_embedder
+
+
 def test_summary_of_one_text_is_singular(tmp_path, capsys):
     source = tmp_path / "one.txt"
     source.write_text("Just one line.\n", encoding="utf-8")

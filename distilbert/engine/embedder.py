@@ -176,15 +176,22 @@ def load(
     pooling: str | None = None,
     normalize: bool | None = None,
     max_length: int | None = None,
+    int8: bool = False,
 ) -> Embedder:
     """Load an embedder from a local checkpoint folder, or the built-in model when ``path`` is None.
 
     Pooling, normalisation and max length default to what a sentence-transformers folder
-    says, else mean pooling, normalised, up to the model's position limit.
+    says, else mean pooling, normalised, up to the model's position limit. ``int8=True``
+    quantizes the projections (CPU, float32 only, so ``auto`` means CPU; faster and
+    approximate, see :meth:`DistilBertModel.quantize_int8`).
     """
     folder = default_model_path() if path is None else Path(path)
-    target = resolve_device(device)
+    target = resolve_device("cpu" if int8 and device in (None, "auto") else device)
+    if int8 and (target.type != "cpu" or dtype not in (None, torch.float32)):
+        raise ValueError(f"int8 mode runs on CPU in float32 only, not {dtype or ''} on {target}")
     model = DistilBertModel.from_pretrained(folder, dtype=dtype, device=target, backend=backend)
+    if int8:
+        model.quantize_int8()
     settings = read_sentence_transformers_settings(folder)
     limit = max_length or settings.get("max_length") or model.config.max_position_embeddings
     positions = model.config.max_position_embeddings

@@ -170,8 +170,32 @@ class DistilBertModel(nn.Module):
         super().__init__()
         self.config = config
         self.backend = backend
+        self.int8 = False
         self.embeddings = Embeddings(config)
         self.transformer = Transformer(config)
+
+    def quantize_int8(self) -> DistilBertModel:
+        """Swap every layer's four projections for dynamic int8 ones; returns the model.
+
+        CPU inference only, and approximate (8-bit rounding of weights and activations; see
+        :mod:`distilbert.kernels.int8`). Attention, LayerNorm and the embeddings stay
+        float32. Not reversible, and such a model cannot be exported.
+        """
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise ValueError(
+                f"int8 mode needs a float32 model on CPU, got {self.dtype} on {self.device}"
+            )
+        if self.int8:
+            return self
+        for block in self.transformer.layer:
+            attention, ffn = block.attention, block.ffn
+            attention.qkv = dispatch.int8_linear(attention.qkv)
+            attention.out_lin = dispatch.int8_linear(attention.out_lin)
+            ffn.lin1 = dispatch.int8_linear(ffn.lin1)
+            ffn.lin2 = dispatch.int8_linear(ffn.lin2)
+        self.int8 = True
+        logger.info("projections of %d layers quantized to int8", len(self.transformer.layer))
+        return self
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """Raise ValueError naming the problem when ids or mask cannot be run."""

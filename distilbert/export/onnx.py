@@ -211,6 +211,9 @@ def export_onnx(
     onnx = require("onnx")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: LayerNormalization needs {MIN_OPSET}+")
+    encoder = getattr(model, "distilbert", model)
+    if getattr(encoder, "int8", False):
+        raise ValueError("an int8-quantized model cannot be exported; export the float model")
     task = task_of(model)
     spec = TASKS[task]
     path = Path(path)

@@ -17,7 +17,8 @@ here. On the torch backend, for CPU tensors under ``torch.inference_mode()``, th
 oneDNN GEMMs with the bias, GELU or residual add fused into the store
 (:mod:`distilbert.kernels.onednn`); ``use_onednn(False)`` or ``DISTILBERT_ONEDNN=0`` turns
 that off. Anywhere else (autograd, export tracing, CUDA) they are ``F.linear`` followed by
-the ops above.
+the ops above. A weight that is an :class:`~distilbert.kernels.int8.Int8Weight` (a model
+after ``quantize_int8()``) always takes the int8 path, on CPU and for inference only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from distilbert.kernels import attention as _attention
 from distilbert.kernels import gelu as _gelu
+from distilbert.kernels import int8 as _int8
 from distilbert.kernels import layernorm as _layernorm
 from distilbert.kernels import onednn as _onednn
 from distilbert.kernels._triton import FLOAT_DTYPES, HAS_TRITON, interpreter_active
@@ -191,18 +193,24 @@ def _fused_cpu_linear(x: torch.Tensor, weight: torch.Tensor, requested: str | No
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None
+    x: torch.Tensor, weight: torch.Tensor | _int8.Int8Weight, bias: torch.Tensor | None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias``."""
+    if isinstance(weight, _int8.Int8Weight):
+        return _int8.linear_int8(x, weight, bias)
     if _fused_cpu_linear(x, weight, backend):
         return _onednn.linear_onednn(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 def linear_gelu(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str | None = None
+    x: torch.Tensor, weight: torch.Tensor | _int8.Int8Weight, bias: torch.Tensor | None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Exact erf GELU of ``x @ weight.T + bias``; the bias add is fused with the GELU."""
+    if isinstance(weight, _int8.Int8Weight):
+        return _int8.linear_int8(x, weight, bias, "gelu")
     if _fused_cpu_linear(x, weight, backend):
         return _onednn.linear_onednn(x, weight, bias, "gelu")
     return bias_gelu(F.linear(x, weight), bias, backend)
@@ -210,7 +218,7 @@ def linear_gelu(
 
 def linear_add_layer_norm(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | _int8.Int8Weight,
     bias: torch.Tensor | None,
     residual: torch.Tensor,
     norm_weight: torch.Tensor,
@@ -223,8 +231,22 @@ def linear_add_layer_norm(
     On the fused CPU path the residual is added in the GEMM's store; elsewhere the add is
     fused with the LayerNorm (:func:`add_layer_norm`).
     """
+    if isinstance(weight, _int8.Int8Weight):
+        h = _int8.linear_int8(x, weight, bias, residual=residual)
+        return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
     if _fused_cpu_linear(x, weight, backend) and residual.is_contiguous():
         h = _onednn.linear_add_onednn(x, weight, bias, residual)
         return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
     return add_layer_norm(F.linear(x, weight, bias), residual, norm_weight, norm_bias, eps,
                           backend)
+
+
+def int8_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+    """An int8 stand-in for ``linear`` (weights quantized per output channel) for CPU inference.
+
+    The projections above take its int8 path when given its ``weight``; see
+    :mod:`distilbert.kernels.int8`. Raises RuntimeError when this PyTorch has no int8 GEMM.
+    """
+    if not _int8.int8_available():
+        raise RuntimeError("this PyTorch build has no CPU torch._int_mm: int8 mode is unavailable")
+    return _int8.Int8Linear.from_linear(linear)

@@ -160,6 +160,29 @@ def test_float64_model_gives_float32_rows(tiny_distilbert_folder, tiny_embedder,
     assert_rows_close(rows, tiny_embedder.embed(english_sentences[:4]))
 
 
+# The int8 mode's accuracy as README states it: cosine per text against float32.
+INT8_MIN_COSINE = 0.97  # the worst seen are texts of one to three words
+INT8_MEDIAN_COSINE = 0.995
+SHORT_TEXTS = ["Yes.", "No", "ok", "What?", "Thanks a lot", "I love it", ""]
+
+
+def test_int8_embeddings_stay_near_float32(builtin_embedder, english_sentences):
+    quantized = distilbert.load(device="cpu", int8=True)
+    texts = english_sentences + SHORT_TEXTS
+
+    got = quantized.embed(texts)
+
+    assert quantized.model.int8 and got.dtype == np.float32
+    cosine = (got.astype(np.float64) * builtin_embedder.embed(texts)).sum(axis=1)
+    assert cosine.min() >= INT8_MIN_COSINE, f"worst text {cosine.argmin()}: {cosine.min():.4f}"
+    assert np.median(cosine) >= INT8_MEDIAN_COSINE
+
+
+def test_int8_needs_float32(tiny_distilbert_folder):
+    with pytest.raises(ValueError, match="int8 mode runs on CPU in float32 only"):
+        distilbert.load(tiny_distilbert_folder, device="cpu", dtype=torch.float16, int8=True)
+
+
 def test_length_batches_respect_both_limits():
     generator = random.Random(0)
     for _ in range(200):
