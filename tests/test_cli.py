@@ -370,6 +370,26 @@ def test_bench_in_bfloat16_names_its_files_and_dtype(tmp_path, capsys):
     assert not (out / "bench_cpu.md").exists()
 
 
+def test_bench_ratios_use_the_first_provider_with_the_call(tmp_path, capsys):
+    out = tmp_path / "results"
+
+    status = cli.main(["bench", "--workloads", "embed", "--corpus-size", "20", "--rounds", "1",
+                       "--providers", "transformers-sdpa,distilbert", "--out", str(out)])
+
+    assert status == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| embed |")]
+    assert [(row[2].strip(), row[-1].strip()) for row in rows] == [("distilbert", "1.00x")]
+
+
+def test_bench_names_the_providers_it_skips(tmp_path, caplog):
+    status = cli.main(["bench", "--quick", "--workloads", "memory", "--dtype", "bfloat16",
+                       "--providers", "distilbert,distilbert-int8", "--out", str(tmp_path)])
+
+    assert status == 0
+    assert "provider distilbert-int8 skipped: it runs on CPU in float32 only" in caplog.text
+
+
 def test_bench_refuses_an_unknown_workload(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["bench", "--workloads", "memory,speed"])

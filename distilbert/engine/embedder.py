@@ -187,8 +187,10 @@ def load(
     """
     folder = default_model_path() if path is None else Path(path)
     target = resolve_device("cpu" if int8 and device in (None, "auto") else device)
-    if int8 and (target.type != "cpu" or dtype not in (None, torch.float32)):
-        raise ValueError(f"int8 mode runs on CPU in float32 only, not {dtype or ''} on {target}")
+    if int8 and target.type != "cpu":
+        raise ValueError(f"int8 mode runs on CPU only, not on {target}")
+    if int8 and dtype not in (None, torch.float32):
+        raise ValueError(f"int8 mode runs in float32 only, not {dtype}")
     model = DistilBertModel.from_pretrained(folder, dtype=dtype, device=target, backend=backend)
     if int8:
         model.quantize_int8()

@@ -13,12 +13,13 @@ kernels cannot take raise a clear error, and CPU tensors work only under the Tri
 interpreter (``TRITON_INTERPRET=1`` set before Triton is imported).
 
 The projections (``linear``, ``linear_gelu``, ``linear_add_layer_norm``) also pass through
-here. On the torch backend, for CPU tensors under ``torch.inference_mode()``, they run as
-oneDNN GEMMs with the bias, GELU or residual add fused into the store
-(:mod:`distilbert.kernels.onednn`); ``use_onednn(False)`` or ``DISTILBERT_ONEDNN=0`` turns
-that off. Anywhere else (autograd, export tracing, CUDA) they are ``F.linear`` followed by
-the ops above. A weight that is an :class:`~distilbert.kernels.int8.Int8Weight` (a model
-after ``quantize_int8()``) always takes the int8 path, on CPU and for inference only.
+here. On the torch backend, for float32 or bfloat16 CPU tensors under
+``torch.inference_mode()``, each runs as one oneDNN GEMM with the bias, GELU or residual
+add fused into its store (:mod:`distilbert.kernels.onednn`); ``use_onednn(False)`` or
+``DISTILBERT_ONEDNN=0`` turns that off. Anywhere else (autograd, export tracing, CUDA)
+they are ``F.linear`` followed by the ops above. A weight that is an
+:class:`~distilbert.kernels.int8.Int8Weight` (a model after ``quantize_int8()``) always
+takes the int8 path, on CPU and for inference only.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def bias_gelu(
 
 
 def _fused_cpu_linear(x: torch.Tensor, weight: torch.Tensor, requested: str | None) -> bool:
-    """Whether a projection runs as one oneDNN call (torch backend, CPU, inference mode)."""
+    """Whether a projection runs as one oneDNN call.
+
+    Torch backend, CPU tensors of float32 or bfloat16 (``onednn.can_run``), inference mode.
+    """
     if not torch.is_inference_mode_enabled() or x.device.type != "cpu":
         return False
     if not onednn_enabled() or not _onednn.can_run(x, weight):
