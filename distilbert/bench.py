@@ -401,8 +401,9 @@ def plot(rows: list[Row], path: Path, context: dict) -> None:
         right.bar([j + i * width for j in range(len(labels))],
                   [values.get(label, 0) for label in labels], width, label=name)
     right.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, fontsize=7)
-    right.set(ylabel="tokens / s", title="Throughput")
-    right.legend(fontsize=7)
+    right.set(ylabel="tokens / s", title="Throughput" if bars else "Throughput (not measured)")
+    if bars:
+        right.legend(fontsize=7)
     figure.suptitle(f"{context['device']} | {context['cpu']} | {context['threads']} threads | "
                     f"torch {context['torch']} | {context['commit']}", fontsize=8)
     figure.tight_layout()
