@@ -25,8 +25,8 @@ from distilbert.kernels.int8 import (
     quantize_weight,
 )
 
-pytestmark = pytest.mark.skipif(not int8_available(),
-                                reason="this PyTorch build has no CPU torch._int_mm")
+NO_INT8 = "this PyTorch build has no CPU torch._int_mm"
+pytestmark = pytest.mark.skipif(not int8_available(), reason=NO_INT8)
 
 SHAPES = [(1, 1, 384, 1152), (3, 7, 384, 1536), (2, 13, 1536, 384)]
 DEQUANT_ATOL = 1e-5  # int32 sums are exact; the fp32 scaling rounds at ~1e-7 relative

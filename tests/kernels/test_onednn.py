@@ -17,8 +17,8 @@ from distilbert import DistilBertModel
 from distilbert.kernels import dispatch
 from distilbert.kernels.onednn import onednn_available
 
-pytestmark = pytest.mark.skipif(not onednn_available(),
-                                reason="this PyTorch build has no oneDNN fused linear op")
+NO_ONEDNN = "this PyTorch build has no oneDNN fused linear op"
+pytestmark = pytest.mark.skipif(not onednn_available(), reason=NO_ONEDNN)
 
 SHAPES = [(1, 1, 384, 1152), (3, 7, 384, 1536), (2, 13, 1536, 384), (4, 5, 768, 768)]
 FP32_ATOL = 1e-5
