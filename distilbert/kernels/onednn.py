@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -64,10 +63,3 @@ def linear_add_onednn(
     """``x @ weight.T + bias + residual`` with the residual added in the GEMM's epilogue."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
 
-
-def linear_ref(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"
-) -> torch.Tensor:
-    """Plain PyTorch reference of :func:`linear_onednn`."""
-    h = F.linear(x, weight, bias)
-    return F.gelu(h) if activation == "gelu" else h
