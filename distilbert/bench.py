@@ -43,6 +43,12 @@ logger = logging.getLogger(__name__)
 LATENCY_SEQS = (16, 32, 64, 128, 256, 512)
 THROUGHPUT_GRID = ((8, 128), (32, 64), (64, 32), (16, 256))
 THROUGHPUT_GRID_CUDA = ((32, 128), (128, 128), (256, 128), (32, 512), (128, 512), (256, 512))
+# Providers that run only where what they measure runs: (device type, dtype or None for any).
+RESTRICTED_PROVIDERS = {
+    "distilbert-plain": ("cpu", None),  # the fused oneDNN path it turns off is CPU-only
+    "distilbert-int8": ("cpu", "float32"),
+    "onnxruntime": ("cpu", "float32"),
+}
 AGREEMENT_TEXTS = 256  # texts of the embed corpus whose embeddings are compared
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MEMORY_SHAPE = (32, 128)
@@ -543,27 +549,29 @@ def run_suite(
     built: list[Provider] = []
     with tempfile.TemporaryDirectory() as work:
         for name in providers:
+            device_type, only_dtype = RESTRICTED_PROVIDERS.get(name, (target.type, None))
+            if device_type != target.type or only_dtype not in (None, dtype):
+                logger.warning("provider %s skipped: it runs on %s only", name,
+                               "CPU" + (f" in {only_dtype}" if only_dtype else ""))
+                continue
             if name == "distilbert":
                 built.append(our_provider(path, target, None, name, dtype=torch_dtype))
             elif name == "distilbert-torch":
                 built.append(our_provider(path, target, "torch", name, dtype=torch_dtype))
-            elif name == "distilbert-plain" and target.type == "cpu":
+            elif name == "distilbert-plain":
                 built.append(our_provider(path, target, "torch", name, fused=False,
                                           dtype=torch_dtype))
-            elif name == "distilbert-int8" and target.type == "cpu" and dtype == "float32":
+            elif name == "distilbert-int8":
                 built.append(our_provider(path, target, "torch", name, int8=True))
             elif name.startswith("transformers-"):
                 built.append(transformers_provider(path, target, name.split("-", 1)[1],
                                                    torch_dtype))
             elif name == "sentence-transformers":
                 built.append(sentence_transformers_provider(path, target, dtype=torch_dtype))
-            elif name == "onnxruntime" and target.type == "cpu" and dtype == "float32":
+            elif name == "onnxruntime":
                 provider = onnxruntime_provider(path, Path(work))
                 if provider is not None:
                     built.append(provider)
-            elif name in ("onnxruntime", "distilbert-plain", "distilbert-int8"):
-                logger.warning("provider %s skipped: it runs on CPU%s only", name,
-                               "" if name == "distilbert-plain" else " in float32")
             else:
                 raise ValueError(f"unknown provider {name!r}")
         if not built:

@@ -52,6 +52,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _plural(count: int, word: str) -> str:
+    """``1 record``, ``3 records``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _comma_list(choices: Sequence[str] | None = None) -> Callable[[str], list[str]]:
     """argparse type: a comma-separated list of names, each one of ``choices`` when given."""
 
@@ -161,8 +166,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         )
     if not args.quiet:
         print(
-            f"wrote {summary.rows} embedding{'' if summary.rows == 1 else 's'} of dim "
-            f"{summary.dim} to {summary.output} "
+            f"wrote {_plural(summary.rows, 'embedding')} of dim {summary.dim} to "
+            f"{summary.output} "
             f"in {summary.seconds:.1f} s ({summary.texts_per_second:.0f} texts/s)",
             file=sys.stderr,
         )
@@ -210,8 +215,8 @@ def _run_task(args: argparse.Namespace, task: str, job: Callable, second_column=
                       max_length=args.max_length, chunk_size=args.chunk_size,
                       progress=bar.update, **options)
     if not args.quiet:
-        records = "record" if summary.rows == 1 else "records"
-        print(f"wrote {summary.rows} {records} to {summary.output} in {summary.seconds:.1f} s "
+        print(f"wrote {_plural(summary.rows, 'record')} to {summary.output} in "
+              f"{summary.seconds:.1f} s "
               f"({summary.texts_per_second:.0f} texts/s)", file=sys.stderr)
     return EXIT_OK
 
@@ -422,8 +427,8 @@ def _add_bench_parser(subparsers) -> None:
     parser.add_argument("--workloads", type=_comma_list(workloads), default=list(workloads),
                         metavar="W,...", help=f"some of {','.join(workloads)} (default: all)")
     parser.add_argument("--providers", type=_comma_list(providers), default=list(providers),
-                        metavar="P,...", help=f"some of {','.join(providers)}; the first is "
-                        "the one ratios are taken against (default: all)")
+                        metavar="P,...", help=f"some of {','.join(providers)}; ratios are "
+                        "taken against the first that runs the workload (default: all)")
     parser.add_argument("--corpus-size", type=_positive_int,
                         default=_SUITE_DEFAULTS["corpus_size"], metavar="N",
                         help="texts of the embed workload (default: %(default)s)")

@@ -237,12 +237,12 @@ def linear_add_layer_norm(
     """
     if isinstance(weight, _int8.Int8Weight):
         h = _int8.linear_int8(x, weight, bias, residual=residual)
-        return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
-    if _fused_cpu_linear(x, weight, backend) and residual.is_contiguous():
+    elif _fused_cpu_linear(x, weight, backend) and residual.is_contiguous():
         h = _onednn.linear_add_onednn(x, weight, bias, residual)
-        return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
-    return add_layer_norm(F.linear(x, weight, bias), residual, norm_weight, norm_bias, eps,
-                          backend)
+    else:
+        return add_layer_norm(F.linear(x, weight, bias), residual, norm_weight, norm_bias, eps,
+                              backend)
+    return _layernorm.add_layer_norm_ref(h, None, norm_weight, norm_bias, eps)
 
 
 def int8_linear(linear: torch.nn.Linear) -> torch.nn.Module:
